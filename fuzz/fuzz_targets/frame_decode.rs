@@ -1,0 +1,16 @@
+#![no_main]
+//! Any bytes as a firehose frame: must never panic, and whatever decodes must re-encode to
+//! bytes that decode to the same event.
+use libfuzzer_sys::fuzz_target;
+use rlay::frame;
+
+fuzz_target!(|data: &[u8]| {
+    let b = bytes::Bytes::copy_from_slice(data);
+    if let Ok(ev) = frame::decode(&b) {
+        let again = frame::encode(&ev);
+        if !again.is_empty() {
+            let back = frame::decode(&bytes::Bytes::from(again)).expect("re-encoded frame decodes");
+            assert_eq!(back, ev);
+        }
+    }
+});

@@ -1,0 +1,15 @@
+//! rlay: an AT Protocol relay.
+//!
+//! The protocol core (pure, no I/O) lives in `cbor`, `cid`, `car`, `crypto`, `commit`, `mst`,
+//! `syntax`, `frame` and `verify`. See ARCHITECTURE.md for the threads and data flow.
+
+pub mod car;
+pub mod cbor;
+pub mod cid;
+pub mod commit;
+pub mod crypto;
+pub mod frame;
+pub mod mst;
+pub mod repo;
+pub mod syntax;
+pub mod verify;

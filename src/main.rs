@@ -1,0 +1,3 @@
+fn main() {
+    println!("rlay {}", env!("CARGO_PKG_VERSION"));
+}
