@@ -6,10 +6,14 @@
 pub mod car;
 pub mod cbor;
 pub mod cid;
+pub mod cli;
 pub mod commit;
+pub mod config;
 pub mod crypto;
 pub mod frame;
+pub mod logging;
 pub mod mst;
 pub mod repo;
+pub mod store;
 pub mod syntax;
 pub mod verify;

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::path::PathBuf;
 
 /// `../shared` beside the project root (CI lays it out the same way).
