@@ -1,0 +1,208 @@
+//! `cargo bench --bench fanout`: the relay's firehose fan-out. The relay (sequencer, disk log,
+//! ring, consumer threads) runs in this process; 50 WebSocket consumers run in a child process,
+//! so the CPU time measured here is the relay's alone.
+//!
+//! Run 1 publishes ~1 KB frames at a fixed 10,000 events/s for 10 s; run 2 publishes as fast as
+//! the sequencer takes them. Every consumer must receive every frame, in order (checked by the
+//! child), or the benchmark fails.
+//!
+//! Prints `fanout_deliveries_per_sec`, `fanout_cpu_us_per_delivery` (run 1) and
+//! `fanout_max_deliveries_per_sec`, `fanout_max_cpu_us_per_delivery` (run 2).
+
+use bytes::Bytes;
+use rlay::frame::{Event, SyncEvent};
+use rlay::http::api::{self, Api};
+use rlay::http::front::{Front, Peers};
+use rlay::stream::{Stream, StreamConfig};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+const CONSUMERS: usize = 50;
+const RATE: u64 = 10_000;
+const SECONDS: u64 = 10;
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn event(n: u64) -> Event {
+    Event::Sync(SyncEvent {
+        seq: 0,
+        did: format!("did:plc:fanout{n:016}"),
+        blocks: Bytes::from(vec![(n % 251) as u8; 900]),
+        rev: "3l2222222222a".into(),
+        time: "2025-01-01T00:00:00.000Z".into(),
+    })
+}
+
+/// Child mode: `fanout --clients ADDR N COUNT`. Each client reads COUNT frames and checks that
+/// their seqs are consecutive.
+fn clients(addr: &str, n: usize, count: u64) {
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let addr = addr.to_owned();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(&addr).expect("connect");
+                write!(
+                    s,
+                    "GET /xrpc/com.atproto.sync.subscribeRepos HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                )
+                .expect("handshake");
+                let mut r = BufReader::with_capacity(1 << 20, s);
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    r.read_line(&mut line).expect("response");
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                println!("connected");
+                let mut buf = vec![0u8; 1 << 16];
+                let mut last_seq = 0u64;
+                let mut got = 0u64;
+                while got < count {
+                    let mut h = [0u8; 2];
+                    r.read_exact(&mut h).expect("frame header");
+                    let mut len = u64::from(h[1] & 0x7f);
+                    if len == 126 {
+                        let mut e = [0u8; 2];
+                        r.read_exact(&mut e).expect("len");
+                        len = u64::from(u16::from_be_bytes(e));
+                    } else if len == 127 {
+                        let mut e = [0u8; 8];
+                        r.read_exact(&mut e).expect("len");
+                        len = u64::from_be_bytes(e);
+                    }
+                    let len = len as usize;
+                    if buf.len() < len {
+                        buf.resize(len, 0);
+                    }
+                    r.read_exact(&mut buf[..len]).expect("payload");
+                    if h[0] & 0x0f != 2 {
+                        continue; // ping
+                    }
+                    // The seq is the integer after the body's "seq" key; find it cheaply.
+                    let body = &buf[..len];
+                    let pos = body.windows(4).position(|w| w == b"cseq").expect("seq key") + 4;
+                    let (seq, _) = read_uint(&body[pos..]);
+                    assert!(last_seq == 0 || seq == last_seq + 1, "gap or duplicate: {last_seq} -> {seq}");
+                    last_seq = seq;
+                    got += 1;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("client");
+    }
+    println!("done");
+}
+
+fn read_uint(b: &[u8]) -> (u64, usize) {
+    let info = b[0] & 0x1f;
+    match info {
+        0..=23 => (u64::from(info), 1),
+        24 => (u64::from(b[1]), 2),
+        25 => (u64::from(u16::from_be_bytes([b[1], b[2]])), 3),
+        26 => (u64::from(u32::from_be_bytes([b[1], b[2], b[3], b[4]])), 5),
+        _ => (
+            u64::from_be_bytes([b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8]]),
+            9,
+        ),
+    }
+}
+
+/// One run: returns (deliveries per second, relay CPU µs per delivery).
+fn run(rate: Option<u64>, count: u64) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("dir");
+    let stream = Stream::open(&dir.path().join("events"), StreamConfig::default()).expect("stream");
+    let peers = Arc::new(Peers::default());
+    let backend = api::start(
+        Arc::new(Api {
+            peers: peers.clone(),
+        }),
+        1,
+    )
+    .expect("api");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let front = Arc::new(Front {
+        hub: stream.hub.clone(),
+        backend,
+        peers,
+        shutdown: Arc::new(AtomicBool::new(false)),
+    });
+    std::thread::spawn(move || front.run(listener));
+
+    let exe = std::env::current_exe().expect("exe");
+    let mut child = Command::new(exe)
+        .args([
+            "--clients",
+            &addr.to_string(),
+            &CONSUMERS.to_string(),
+            &count.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn clients");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    for _ in 0..CONSUMERS {
+        line.clear();
+        out.read_line(&mut line).expect("child output");
+    }
+    while stream.hub.registry.count() < CONSUMERS {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let cpu0 = cpu_seconds();
+    let start = Instant::now();
+    for n in 1..=count {
+        stream.sequencer.emit(event(n));
+        if let Some(r) = rate {
+            // Pace in 1 ms steps.
+            if n % (r / 1000) == 0 {
+                let due = start + Duration::from_micros(n * 1_000_000 / r);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+    }
+    line.clear();
+    out.read_line(&mut line).expect("child finished");
+    assert_eq!(line.trim(), "done", "every consumer received every frame");
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let _ = child.wait();
+    let deliveries = (CONSUMERS as u64 * count) as f64;
+    stream.shutdown();
+    (deliveries / elapsed, cpu * 1e6 / deliveries)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--clients") {
+        let n = args[i + 2].parse().expect("n");
+        let count = args[i + 3].parse().expect("count");
+        clients(&args[i + 1], n, count);
+        return;
+    }
+    let (rate, cpu) = run(Some(RATE), RATE * SECONDS);
+    println!("fanout_consumers: {CONSUMERS}");
+    println!("fanout_publish_rate: {RATE} events/s");
+    println!("fanout_deliveries_per_sec: {rate:.0}");
+    println!("fanout_cpu_us_per_delivery: {cpu:.3}");
+    let (max, max_cpu) = run(None, 100_000);
+    println!("fanout_max_deliveries_per_sec: {max:.0}");
+    println!("fanout_max_cpu_us_per_delivery: {max_cpu:.3}");
+}

@@ -1,0 +1,4 @@
+//! HTTP on the API port (front acceptor + tiny_http) and the metrics port.
+
+pub mod api;
+pub mod front;

@@ -1,0 +1,490 @@
+//! The disk event log: append-only segment files of sequenced frames, for cursor replay.
+//!
+//! Segment `events/<first seq, 20 digits>.log` holds records
+//! `len u32 | crc32 u32 | seq u64 | time_ms i64 | did_hash u64 | kind u8 | frame bytes`
+//! (little endian; `len` and the CRC cover everything after them). Segments roll at a size or
+//! age limit so retention can drop whole files. On open, the tail of the newest segment is
+//! checked record by record and anything torn or corrupt after the last good record is cut.
+//!
+//! Only the sequencer appends. Readers open the files themselves and can follow a segment that
+//! is still being written: a record not yet complete reads as "nothing more for now".
+
+use bytes::Bytes;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+pub const KIND_COMMIT: u8 = 1;
+pub const KIND_SYNC: u8 = 2;
+pub const KIND_IDENTITY: u8 = 3;
+pub const KIND_ACCOUNT: u8 = 4;
+
+const PREFIX: usize = 8;
+const META: usize = 25;
+/// Larger than any legal frame (5 MB) plus metadata; anything bigger is corruption.
+const MAX_RECORD: usize = 8 << 20;
+
+/// One sequenced frame, as stored and as broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFrame {
+    pub seq: u64,
+    /// When the relay sequenced it (retention and OutdatedCursor use this, not the event's `time`).
+    pub time_ms: i64,
+    /// FNV-1a of the DID, for hiding taken-down accounts from replay without a lookup table.
+    pub did_hash: u64,
+    pub kind: u8,
+    /// The complete WebSocket payload (header + body).
+    pub bytes: Bytes,
+}
+
+/// FNV-1a 64: stable across runs (it is stored on disk), cheap, and good enough to key a set.
+pub fn did_hash(did: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in did.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn encode_record(f: &LogFrame, out: &mut Vec<u8>) {
+    let len = META + f.bytes.len();
+    let start = out.len();
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&f.seq.to_le_bytes());
+    out.extend_from_slice(&f.time_ms.to_le_bytes());
+    out.extend_from_slice(&f.did_hash.to_le_bytes());
+    out.push(f.kind);
+    out.extend_from_slice(&f.bytes);
+    let crc = crc32fast::hash(&out[start + PREFIX..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+enum ReadOutcome {
+    Record(LogFrame, u64),
+    /// Clean end of data (possibly a record still being written).
+    End,
+    /// A record that can never become valid.
+    Corrupt(&'static str),
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+/// Reads one record; on `End` or `Corrupt` the reader may be anywhere (callers seek back).
+fn read_record<R: Read>(r: &mut R) -> io::Result<ReadOutcome> {
+    let mut prefix = [0u8; PREFIX];
+    match read_full(r, &mut prefix)? {
+        0 => return Ok(ReadOutcome::End),
+        n if n < PREFIX => return Ok(ReadOutcome::End),
+        _ => {}
+    }
+    let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    let crc = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
+    if !(META..=MAX_RECORD).contains(&len) {
+        return Ok(ReadOutcome::Corrupt("record length out of range"));
+    }
+    let mut payload = vec![0u8; len];
+    if read_full(r, &mut payload)? < len {
+        return Ok(ReadOutcome::End);
+    }
+    if crc32fast::hash(&payload) != crc {
+        return Ok(ReadOutcome::Corrupt("checksum mismatch"));
+    }
+    let frame = LogFrame {
+        seq: le_u64(&payload[0..8]),
+        time_ms: le_u64(&payload[8..16]) as i64,
+        did_hash: le_u64(&payload[16..24]),
+        kind: payload[24],
+        bytes: Bytes::from(payload).slice(META..),
+    };
+    Ok(ReadOutcome::Record(frame, (PREFIX + len) as u64))
+}
+
+/// Like `read_exact` but reports how much was read instead of failing at EOF.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[derive(Debug, Clone)]
+struct Segment {
+    first_seq: u64,
+    first_time_ms: i64,
+    path: PathBuf,
+}
+
+struct Active {
+    file: File,
+    bytes: u64,
+    opened: Instant,
+    dirty: bool,
+}
+
+pub struct EventLog {
+    dir: PathBuf,
+    segments: RwLock<Vec<Segment>>,
+    active: Mutex<Option<Active>>,
+    max_segment_bytes: u64,
+    max_segment_age: Duration,
+}
+
+/// What `open` found.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenReport {
+    pub last_seq: Option<u64>,
+    pub segments: usize,
+    /// Bytes cut from a torn or corrupt tail.
+    pub truncated_bytes: u64,
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.log")
+}
+
+impl EventLog {
+    /// Opens (creating) the log in `dir`, repairing a torn tail.
+    pub fn open(dir: &Path) -> io::Result<(EventLog, OpenReport)> {
+        Self::open_with(dir, 64 << 20, Duration::from_secs(3600))
+    }
+
+    pub fn open_with(
+        dir: &Path,
+        max_segment_bytes: u64,
+        max_segment_age: Duration,
+    ) -> io::Result<(EventLog, OpenReport)> {
+        fs::create_dir_all(dir)?;
+        let mut found: Vec<(u64, PathBuf)> = Vec::new();
+        for e in fs::read_dir(dir)? {
+            let p = e?.path();
+            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if let Some(seq) = name
+                .strip_suffix(".log")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                found.push((seq, p));
+            }
+        }
+        found.sort();
+        let mut report = OpenReport::default();
+        // Repair from the newest segment backwards until one holds a valid record.
+        while let Some((_, path)) = found.last() {
+            let (last, good_len, file_len, why) = scan_segment(path)?;
+            if good_len < file_len {
+                OpenOptions::new()
+                    .write(true)
+                    .open(path)?
+                    .set_len(good_len)?;
+                report.truncated_bytes += file_len - good_len;
+                log::warn!(
+                    "event log: cut {} bytes from the end of {} ({why}; usually a crash during a write)",
+                    file_len - good_len,
+                    path.display()
+                );
+            }
+            match last {
+                Some(seq) => {
+                    report.last_seq = Some(seq);
+                    break;
+                }
+                None => {
+                    fs::remove_file(path)?;
+                    found.pop();
+                }
+            }
+        }
+        let mut segments = Vec::with_capacity(found.len());
+        for (first_seq, path) in found {
+            let first_time_ms = first_record_time(&path)?.unwrap_or(0);
+            segments.push(Segment {
+                first_seq,
+                first_time_ms,
+                path,
+            });
+        }
+        report.segments = segments.len();
+        Ok((
+            EventLog {
+                dir: dir.to_owned(),
+                segments: RwLock::new(segments),
+                active: Mutex::new(None),
+                max_segment_bytes,
+                max_segment_age,
+            },
+            report,
+        ))
+    }
+
+    fn segments(&self) -> Vec<Segment> {
+        self.segments
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Appends frames (strictly increasing seqs) with one write. Called by the sequencer only.
+    pub fn append(&self, frames: &[LogFrame]) -> io::Result<()> {
+        let Some(first) = frames.first() else {
+            return Ok(());
+        };
+        let mut buf =
+            Vec::with_capacity(frames.iter().map(|f| f.bytes.len() + PREFIX + META).sum());
+        for f in frames {
+            encode_record(f, &mut buf);
+        }
+        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        let roll = match active.as_ref() {
+            None => true,
+            Some(a) => {
+                a.bytes >= self.max_segment_bytes || a.opened.elapsed() >= self.max_segment_age
+            }
+        };
+        if roll {
+            if let Some(old) = active.take() {
+                old.file.sync_data()?;
+            }
+            *active = Some(self.start_segment(first)?);
+        }
+        let a = active
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no active segment"))?;
+        a.file.write_all(&buf)?;
+        a.bytes += buf.len() as u64;
+        a.dirty = true;
+        Ok(())
+    }
+
+    /// Continues the newest segment after a restart if it is still small and young, otherwise
+    /// starts a new one named after `first`.
+    fn start_segment(&self, first: &LogFrame) -> io::Result<Active> {
+        let mut segs = self
+            .segments
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(last) = segs.last() {
+            let meta = fs::metadata(&last.path)?;
+            let young = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age < self.max_segment_age);
+            if meta.len() < self.max_segment_bytes && young {
+                let file = OpenOptions::new().append(true).open(&last.path)?;
+                return Ok(Active {
+                    file,
+                    bytes: meta.len(),
+                    opened: Instant::now(),
+                    dirty: false,
+                });
+            }
+        }
+        let path = self.dir.join(segment_name(first.seq));
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        segs.push(Segment {
+            first_seq: first.seq,
+            first_time_ms: first.time_ms,
+            path,
+        });
+        // Make the new file's directory entry durable too.
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(Active {
+            file,
+            bytes: 0,
+            opened: Instant::now(),
+            dirty: false,
+        })
+    }
+
+    /// fdatasync of the active segment if anything was written since the last sync.
+    pub fn sync(&self) -> io::Result<()> {
+        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(a) = active.as_mut()
+            && a.dirty
+        {
+            a.file.sync_data()?;
+            a.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Seq of the oldest retained event.
+    pub fn oldest_seq(&self) -> Option<u64> {
+        self.segments
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first()
+            .map(|s| s.first_seq)
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Deletes whole segments whose every event is older than `cutoff_ms` (a segment's events are
+    /// all older than the next segment's first event). The newest segment is never deleted.
+    pub fn remove_older_than(&self, cutoff_ms: i64) -> io::Result<usize> {
+        let mut segs = self
+            .segments
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut n = 0;
+        while segs.len() > 1 && segs[1].first_time_ms < cutoff_ms {
+            let s = segs.remove(0);
+            fs::remove_file(&s.path)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// A reader positioned after `after_seq` (0 reads everything).
+    pub fn reader(&self, after_seq: u64) -> LogReader<'_> {
+        LogReader {
+            log: self,
+            after: after_seq,
+            current: None,
+        }
+    }
+}
+
+/// Scans a segment: (last good seq, length of the valid prefix, file length, why it stopped).
+fn scan_segment(path: &Path) -> io::Result<(Option<u64>, u64, u64, &'static str)> {
+    let file = File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let mut r = BufReader::with_capacity(1 << 20, file);
+    let mut good = 0u64;
+    let mut last = None;
+    let why = loop {
+        match read_record(&mut r)? {
+            ReadOutcome::Record(f, n) => {
+                if last.is_some_and(|l| f.seq <= l) {
+                    break "sequence numbers go backwards";
+                }
+                last = Some(f.seq);
+                good += n;
+            }
+            ReadOutcome::End => break "incomplete record",
+            ReadOutcome::Corrupt(why) => break why,
+        }
+    };
+    Ok((last, good, file_len, why))
+}
+
+fn first_record_time(path: &Path) -> io::Result<Option<i64>> {
+    let mut r = BufReader::new(File::open(path)?);
+    Ok(match read_record(&mut r)? {
+        ReadOutcome::Record(f, _) => Some(f.time_ms),
+        _ => None,
+    })
+}
+
+struct Open {
+    first_seq: u64,
+    reader: BufReader<File>,
+    pos: u64,
+}
+
+/// Reads frames with seq greater than a starting point, across segments, in order.
+pub struct LogReader<'a> {
+    log: &'a EventLog,
+    after: u64,
+    current: Option<Open>,
+}
+
+impl LogReader<'_> {
+    /// The next frame, or `None` when everything written so far has been read (call again later
+    /// to continue). A segment removed by retention under a reader is skipped.
+    pub fn next_frame(&mut self) -> io::Result<Option<LogFrame>> {
+        loop {
+            if self.current.is_none() && !self.open_next()? {
+                return Ok(None);
+            }
+            let Some(cur) = self.current.as_mut() else {
+                return Ok(None);
+            };
+            match read_record(&mut cur.reader)? {
+                ReadOutcome::Record(f, n) => {
+                    cur.pos += n;
+                    if f.seq > self.after {
+                        self.after = f.seq;
+                        return Ok(Some(f));
+                    }
+                }
+                ReadOutcome::End | ReadOutcome::Corrupt(_) => {
+                    // Rewind to the record boundary; move on only if a later segment exists.
+                    cur.reader.seek(SeekFrom::Start(cur.pos))?;
+                    let first = cur.first_seq;
+                    let Some(next) = self
+                        .log
+                        .segments()
+                        .iter()
+                        .find(|s| s.first_seq > first)
+                        .map(|s| s.first_seq)
+                    else {
+                        return Ok(None);
+                    };
+                    // A sealed segment is complete; whatever follows a corrupt record in it is lost.
+                    self.current = None;
+                    self.after = self.after.max(next - 1);
+                }
+            }
+        }
+    }
+
+    /// Opens the segment that can hold `after + 1`.
+    fn open_next(&mut self) -> io::Result<bool> {
+        let segs = self.log.segments();
+        let want = self.after.saturating_add(1);
+        let idx = match segs.iter().rposition(|s| s.first_seq <= want) {
+            Some(i) => i,
+            None => match segs.first() {
+                Some(_) => 0,
+                None => return Ok(false),
+            },
+        };
+        for s in &segs[idx..] {
+            match File::open(&s.path) {
+                Ok(f) => {
+                    self.current = Some(Open {
+                        first_seq: s.first_seq,
+                        reader: BufReader::with_capacity(256 << 10, f),
+                        pos: 0,
+                    });
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Seq of the last frame returned (or the starting point).
+    pub fn position(&self) -> u64 {
+        self.after
+    }
+}

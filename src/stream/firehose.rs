@@ -1,0 +1,360 @@
+//! One downstream `subscribeRepos` consumer: cursor handling, then an endless loop that sends
+//! frames from the ring (or from the disk log when the consumer is behind the ring), answers
+//! the client's pings, pings idle clients, and gives up only on a client that makes no progress
+//! for the stall timeout.
+//!
+//! No gap and no duplicate at the disk→ring→live hand-over: the consumer tracks the last seq it
+//! sent and always asks for the next one; the ring says whether it has it, has not got it yet,
+//! or has already dropped it (then the disk log, which was written before the ring, has it).
+
+use super::eventlog::{EventLog, KIND_COMMIT, KIND_SYNC, LogFrame, LogReader, did_hash};
+use super::registry::Registry;
+use super::ring::{Lookup, Ring};
+use crate::frame;
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
+
+/// Accounts the relay has taken down: their `#commit`/`#sync` frames are not replayed.
+#[derive(Default)]
+pub struct Hidden {
+    set: ArcSwap<HashSet<u64>>,
+    edit: Mutex<()>,
+}
+
+impl Hidden {
+    pub fn hide(&self, did: &str) {
+        let _g = self.edit.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.set.load_full().as_ref().clone();
+        s.insert(did_hash(did));
+        self.set.store(Arc::new(s));
+    }
+
+    pub fn unhide(&self, did: &str) {
+        let _g = self.edit.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.set.load_full().as_ref().clone();
+        s.remove(&did_hash(did));
+        self.set.store(Arc::new(s));
+    }
+
+    fn hides(&self, f: &LogFrame) -> bool {
+        (f.kind == KIND_COMMIT || f.kind == KIND_SYNC) && self.set.load().contains(&f.did_hash)
+    }
+}
+
+/// Where a new consumer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Send everything after this seq (live: the current head).
+    After(u64),
+    /// The cursor predates the retained window: `#info OutdatedCursor`, then everything after
+    /// this seq (the one before the oldest retained event).
+    Outdated(u64),
+    /// The cursor is ahead of the relay: `FutureCursor` error, then close.
+    Future,
+}
+
+#[derive(Debug, Clone)]
+pub struct FirehoseConfig {
+    pub stall_timeout: Duration,
+    pub ping_interval: Duration,
+}
+
+impl Default for FirehoseConfig {
+    fn default() -> Self {
+        FirehoseConfig {
+            stall_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything consumer threads share.
+pub struct Hub {
+    pub log: Arc<EventLog>,
+    pub ring: Arc<Ring>,
+    pub registry: Arc<Registry>,
+    pub hidden: Arc<Hidden>,
+    pub config: FirehoseConfig,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+/// The consumer's socket as tungstenite sees it: counts bytes sent, and bounds how long one
+/// flush may run. tungstenite retries partial writes in a loop, so against a client whose window
+/// opens a few bytes at a time a single flush could otherwise last forever.
+struct Counted {
+    inner: TcpStream,
+    written: Arc<AtomicU64>,
+    deadline: Option<Instant>,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.inner.write(buf)?;
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn would_block(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io) if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+}
+
+/// Metadata about the client, for the registry.
+pub struct Client {
+    pub remote_addr: String,
+    pub user_agent: String,
+}
+
+impl Hub {
+    /// Applies the cursor rules of the spec to a requested cursor.
+    pub fn start_for(&self, cursor: Option<u64>) -> Start {
+        let head = self.ring.head();
+        // Replays start from what the disk log retains (the ring may briefly hold a little more
+        // right after retention, but the window is defined by the log).
+        let before_oldest = self.log.oldest_seq().map_or(head, |o| o.saturating_sub(1));
+        match cursor {
+            None => Start::After(head),
+            Some(0) => Start::After(before_oldest),
+            Some(c) if c > head => Start::Future,
+            Some(c) if c < before_oldest => Start::Outdated(before_oldest),
+            Some(c) => Start::After(c),
+        }
+    }
+
+    /// Runs a consumer on an upgraded connection until it ends.
+    pub fn serve(&self, stream: TcpStream, start: Start, client: Client) {
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(1)));
+        let written = Arc::new(AtomicU64::new(0));
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(64 << 10))
+            .max_frame_size(Some(64 << 10))
+            .max_write_buffer_size(64 << 20);
+        let mut ws = WebSocket::from_raw_socket(
+            Counted {
+                inner: stream,
+                written: written.clone(),
+                deadline: None,
+            },
+            Role::Server,
+            Some(config),
+        );
+        let after = match start {
+            Start::Future => {
+                let f = frame::error_frame(
+                    "FutureCursor",
+                    Some("cursor is ahead of the relay's latest sequence number"),
+                );
+                let _ = ws.send(Message::Binary(Bytes::from(f)));
+                let _ = ws.close(None);
+                let _ = ws.flush();
+                metrics::counter!("rlay_consumer_rejected_total", "reason" => "future_cursor")
+                    .increment(1);
+                return;
+            }
+            Start::Outdated(after) => {
+                let f = frame::info_frame(
+                    "OutdatedCursor",
+                    Some("cursor is older than the replay window; starting from the oldest event"),
+                );
+                if ws.send(Message::Binary(Bytes::from(f))).is_err() {
+                    return;
+                }
+                after
+            }
+            Start::After(a) => a,
+        };
+        let reg = self
+            .registry
+            .add(client.remote_addr, client.user_agent, after);
+        log::info!(
+            "firehose: consumer {} connected from {} ({}), starting after seq {after}",
+            reg.info.id,
+            reg.info.remote_addr,
+            reg.info.user_agent
+        );
+        let end = self.run(&mut ws, after, &reg.info, &written);
+        log::info!(
+            "firehose: consumer {} from {} disconnected after {} events: {end}",
+            reg.info.id,
+            reg.info.remote_addr,
+            reg.info.events_sent.load(Ordering::Relaxed)
+        );
+    }
+
+    fn run(
+        &self,
+        ws: &mut WebSocket<Counted>,
+        mut last: u64,
+        info: &super::registry::ConsumerInfo,
+        written: &AtomicU64,
+    ) -> &'static str {
+        let waiter = self.ring.register();
+        let mut disk: Option<LogReader<'_>> = None;
+        let mut pending = false;
+        let mut progress_bytes = written.load(Ordering::Relaxed);
+        let mut last_progress = Instant::now();
+        let mut last_write = Instant::now();
+        let mut last_read = Instant::now();
+        loop {
+            if self.shutdown.load(Ordering::Relaxed) {
+                let _ = ws.close(None);
+                let _ = ws.flush();
+                return "relay shutting down";
+            }
+            // Every write tungstenite does in this iteration (frames, pongs, pings) must finish
+            // within a second; what does not fit stays buffered for the next round.
+            ws.get_mut().deadline = Some(Instant::now() + Duration::from_secs(1));
+            let mut batch_bytes = 0usize;
+            if !pending {
+                // Queue up to ~64 KiB of frames, then flush once.
+                while batch_bytes < 64 << 10 {
+                    let want = last + 1;
+                    let f = match self.ring.get(want) {
+                        Lookup::Ready(f) => {
+                            disk = None;
+                            f
+                        }
+                        Lookup::NotYet => break,
+                        Lookup::Evicted => {
+                            let r = disk.get_or_insert_with(|| self.log.reader(last));
+                            match r.next_frame() {
+                                Ok(Some(f)) => Arc::new(f),
+                                Ok(None) => {
+                                    // The log no longer holds what the ring dropped (retention
+                                    // removed it under a very slow reader): skip ahead.
+                                    disk = None;
+                                    last = self.ring.oldest().saturating_sub(1).max(last);
+                                    if self.ring.oldest() == u64::MAX {
+                                        break;
+                                    }
+                                    continue;
+                                }
+                                Err(e) => {
+                                    log::warn!(
+                                        "firehose: consumer {} cannot read the event log: {e}",
+                                        info.id
+                                    );
+                                    return "event log read error";
+                                }
+                            }
+                        }
+                    };
+                    last = f.seq;
+                    info.cursor.store(last, Ordering::Relaxed);
+                    if self.hidden.hides(&f) {
+                        continue;
+                    }
+                    batch_bytes += f.bytes.len();
+                    match ws.write(Message::Binary(f.bytes.clone())) {
+                        Ok(()) => {}
+                        Err(e) if would_block(&e) => {
+                            pending = true;
+                            break;
+                        }
+                        Err(_) => return "write failed",
+                    }
+                    info.events_sent.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("events_sent_counter").increment(1);
+                }
+            }
+            if batch_bytes > 0 || pending {
+                // Progress means a whole batch reached the socket. Counting bytes instead would
+                // let a dead client live forever on the few KB that TCP autotuning trickles in.
+                match ws.flush() {
+                    Ok(()) => {
+                        pending = false;
+                        last_write = Instant::now();
+                        last_progress = last_write;
+                    }
+                    Err(e) if would_block(&e) => pending = true,
+                    Err(_) => return "write failed",
+                }
+                let now_bytes = written.load(Ordering::Relaxed);
+                info.bytes_sent.store(now_bytes, Ordering::Relaxed);
+                metrics::counter!("rlay_consumer_bytes_sent_total")
+                    .increment(now_bytes - progress_bytes);
+                progress_bytes = now_bytes;
+                if pending && last_progress.elapsed() >= self.config.stall_timeout {
+                    // Best effort: the client may still drain its buffer and read why it was
+                    // dropped, so keep offering the error frame for a few seconds.
+                    let f = frame::error_frame(
+                        "ConsumerTooSlow",
+                        Some("no progress reading the stream"),
+                    );
+                    metrics::counter!("rlay_consumer_rejected_total", "reason" => "too_slow")
+                        .increment(1);
+                    let give_up = Instant::now() + Duration::from_secs(5);
+                    ws.get_mut().deadline = Some(give_up);
+                    let mut queued = false;
+                    while Instant::now() < give_up {
+                        if !queued {
+                            match ws.write(Message::Binary(Bytes::from(f.clone()))) {
+                                Ok(()) => queued = true,
+                                Err(e) if would_block(&e) => queued = true,
+                                Err(_) => break,
+                            }
+                        }
+                        match ws.flush() {
+                            Ok(()) => break,
+                            Err(e) if would_block(&e) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    return "ConsumerTooSlow";
+                }
+                if !pending && batch_bytes > 0 && last_read.elapsed() < Duration::from_secs(1) {
+                    continue;
+                }
+            } else {
+                last_progress = Instant::now();
+            }
+            // Service the client: pings get pongs, a close ends us, anything else is ignored.
+            last_read = Instant::now();
+            loop {
+                match ws.read() {
+                    Ok(Message::Close(_)) => {
+                        let _ = ws.flush();
+                        return "client closed";
+                    }
+                    Ok(_) => continue,
+                    Err(e) if would_block(&e) => break,
+                    Err(_) => return "connection lost",
+                }
+            }
+            if !pending && batch_bytes == 0 {
+                if last_write.elapsed() >= self.config.ping_interval {
+                    match ws.send(Message::Ping(Bytes::new())) {
+                        Ok(()) => last_write = Instant::now(),
+                        Err(e) if would_block(&e) => pending = true,
+                        Err(_) => return "connection lost",
+                    }
+                }
+                waiter.wait(Duration::from_millis(100));
+            } else if pending {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}

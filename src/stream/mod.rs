@@ -1,0 +1,125 @@
+//! The output half of the relay: sequencer → disk log → ring → consumer threads.
+
+pub mod eventlog;
+pub mod firehose;
+pub mod registry;
+pub mod ring;
+pub mod sequencer;
+
+use eventlog::{EventLog, OpenReport};
+use firehose::{FirehoseConfig, Hidden, Hub};
+use registry::Registry;
+use ring::Ring;
+use sequencer::Sequencer;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub ring_capacity: usize,
+    pub replay_window: Duration,
+    pub initial_seq: u64,
+    pub firehose: FirehoseConfig,
+    /// Segment roll size (tests use small segments).
+    pub max_segment_bytes: u64,
+    pub max_segment_age: Duration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            ring_capacity: 50_000,
+            replay_window: Duration::from_secs(72 * 3600),
+            initial_seq: 1,
+            firehose: FirehoseConfig::default(),
+            max_segment_bytes: 64 << 20,
+            max_segment_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+pub struct Stream {
+    pub hub: Arc<Hub>,
+    pub sequencer: Sequencer,
+    pub opened: OpenReport,
+    sequencer_thread: Option<JoinHandle<()>>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Stream {
+    /// Opens the event log in `dir` (repairing a torn tail), starts the sequencer and the
+    /// retention thread.
+    pub fn open(dir: &Path, cfg: StreamConfig) -> std::io::Result<Stream> {
+        let (log, opened) = EventLog::open_with(dir, cfg.max_segment_bytes, cfg.max_segment_age)?;
+        let log = Arc::new(log);
+        let ring = Arc::new(Ring::new(cfg.ring_capacity));
+        let (sequencer, sequencer_thread) =
+            sequencer::spawn(log.clone(), ring.clone(), opened.last_seq, cfg.initial_seq)?;
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let hub = Arc::new(Hub {
+            log: log.clone(),
+            ring,
+            registry: Arc::new(Registry::default()),
+            hidden: Arc::new(Hidden::default()),
+            config: cfg.firehose.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let window = cfg.replay_window;
+        let stop = shutdown.clone();
+        std::thread::Builder::new()
+            .name("log-retention".into())
+            .stack_size(1 << 20)
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let cutoff = crate::store::now_ms() - window.as_millis() as i64;
+                    match log.remove_older_than(cutoff) {
+                        Ok(0) => {}
+                        Ok(n) => log::info!(
+                            "event log: removed {n} segment(s) older than the replay window"
+                        ),
+                        Err(e) => log::error!(
+                            "event log: retention failed in {}: {e}",
+                            log.dir().display()
+                        ),
+                    }
+                    for _ in 0..60 {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            })?;
+        Ok(Stream {
+            hub,
+            sequencer,
+            opened,
+            sequencer_thread: Some(sequencer_thread),
+            shutdown,
+        })
+    }
+
+    /// Last sequenced seq.
+    pub fn head(&self) -> u64 {
+        self.hub.ring.head()
+    }
+
+    /// Makes everything emitted so far durable, disconnects consumers and stops the threads.
+    pub fn shutdown(mut self) {
+        let _ = self.sequencer.barrier(Duration::from_secs(30));
+        self.shutdown.store(true, Ordering::Relaxed);
+        self.hub.ring.wake_all();
+        // The sequencer exits once every sender is gone; other clones may still exist, so only
+        // wait for it when this was the last one.
+        let t = self.sequencer_thread.take();
+        drop(self.sequencer);
+        if let Some(t) = t
+            && t.is_finished()
+        {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Live firehose consumers, for the admin API (`/admin/consumers/list`) and metrics.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+#[derive(Debug)]
+pub struct ConsumerInfo {
+    pub id: u64,
+    pub remote_addr: String,
+    pub user_agent: String,
+    pub connected_at_ms: i64,
+    /// Last seq delivered.
+    pub cursor: AtomicU64,
+    pub events_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    next_id: AtomicU64,
+    live: Mutex<BTreeMap<u64, Arc<ConsumerInfo>>>,
+}
+
+/// Unregisters on drop.
+pub struct Registration {
+    registry: Arc<Registry>,
+    pub info: Arc<ConsumerInfo>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.info.id);
+        metrics::gauge!("relay_connected_inbound").decrement(1.0);
+    }
+}
+
+impl Registry {
+    pub fn add(
+        self: &Arc<Self>,
+        remote_addr: String,
+        user_agent: String,
+        cursor: u64,
+    ) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let info = Arc::new(ConsumerInfo {
+            id,
+            remote_addr,
+            user_agent,
+            connected_at_ms: crate::store::now_ms(),
+            cursor: AtomicU64::new(cursor),
+            events_sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+        });
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, info.clone());
+        metrics::gauge!("relay_connected_inbound").increment(1.0);
+        Registration {
+            registry: self.clone(),
+            info,
+        }
+    }
+
+    pub fn list(&self) -> Vec<Arc<ConsumerInfo>> {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn count(&self) -> usize {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}

@@ -1,0 +1,163 @@
+//! The sequencer: the one thread that gives events their relay seq.
+//!
+//! For each batch drained from its channel it assigns consecutive seqs, encodes every frame
+//! once, appends the batch to the disk log with one write, and only then publishes it to the
+//! ring — so nothing is broadcast that a restart could lose or renumber.
+//!
+//! fsync policy: frames reach the OS (write(2)) before they are broadcast, which survives a
+//! process crash; `fdatasync` runs at most every 200 ms while there are writes, on every
+//! `Barrier` (the store flusher sends one before committing account state, so stored state
+//! never gets ahead of the durable log), at segment roll and at shutdown.
+
+use super::eventlog::{
+    EventLog, KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, KIND_SYNC, LogFrame, did_hash,
+};
+use super::ring::Ring;
+use crate::frame::{self, Event};
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const MAX_BATCH: usize = 1024;
+const SYNC_EVERY: Duration = Duration::from_millis(200);
+
+#[allow(clippy::large_enum_variant)] // see frame::Event: moved once, boxing would only add an allocation
+pub enum SeqMsg {
+    /// An accepted event; its `seq` is replaced.
+    Event(Event),
+    /// Replies with the last assigned seq once everything before it is fsynced.
+    Barrier(Sender<u64>),
+}
+
+/// The sending side, cloned by every producer.
+#[derive(Clone)]
+pub struct Sequencer {
+    tx: Sender<SeqMsg>,
+}
+
+impl Sequencer {
+    /// Queues an event (blocks when the sequencer is 10k events behind: backpressure).
+    pub fn emit(&self, e: Event) -> bool {
+        self.tx.send(SeqMsg::Event(e)).is_ok()
+    }
+
+    /// Waits until every event emitted before this call is durable; returns the last seq.
+    pub fn barrier(&self, timeout: Duration) -> Option<u64> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.tx.send(SeqMsg::Barrier(tx)).ok()?;
+        rx.recv_timeout(timeout).ok()
+    }
+
+    pub fn backlog(&self) -> usize {
+        self.tx.len()
+    }
+}
+
+fn kind_of(e: &Event) -> u8 {
+    match e {
+        Event::Commit(_) => KIND_COMMIT,
+        Event::Sync(_) => KIND_SYNC,
+        Event::Identity(_) => KIND_IDENTITY,
+        _ => KIND_ACCOUNT,
+    }
+}
+
+/// Starts the sequencer thread. Seqs continue after `last_on_disk`, never below `initial_seq`.
+pub fn spawn(
+    log: Arc<EventLog>,
+    ring: Arc<Ring>,
+    last_on_disk: Option<u64>,
+    initial_seq: u64,
+) -> std::io::Result<(Sequencer, JoinHandle<()>)> {
+    let (tx, rx) = crossbeam_channel::bounded(10_000);
+    let next = last_on_disk.map_or(1, |l| l + 1).max(initial_seq.max(1));
+    ring.set_initial_head(next - 1);
+    let h = std::thread::Builder::new()
+        .name("sequencer".into())
+        .stack_size(2 << 20)
+        .spawn(move || run(rx, log, ring, next))?;
+    Ok((Sequencer { tx }, h))
+}
+
+fn run(rx: Receiver<SeqMsg>, log: Arc<EventLog>, ring: Arc<Ring>, mut next: u64) {
+    let mut last_sync = Instant::now();
+    let mut unsynced = false;
+    metrics::gauge!("disk_persister_current_seq").set((next - 1) as f64);
+    loop {
+        let first = match rx.recv_timeout(SYNC_EVERY) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                if unsynced {
+                    sync(&log);
+                    unsynced = false;
+                    last_sync = Instant::now();
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut frames: Vec<LogFrame> = Vec::new();
+        let mut barriers = Vec::new();
+        let now = crate::store::now_ms();
+        let mut msg = Some(first);
+        while let Some(m) = msg.take() {
+            match m {
+                SeqMsg::Event(mut e) => {
+                    e.set_seq(next as i64);
+                    let did = e.did().unwrap_or_default();
+                    frames.push(LogFrame {
+                        seq: next,
+                        time_ms: now,
+                        did_hash: did_hash(did),
+                        kind: kind_of(&e),
+                        bytes: Bytes::from(frame::encode(&e)),
+                    });
+                    next += 1;
+                }
+                SeqMsg::Barrier(b) => barriers.push(b),
+            }
+            if frames.len() < MAX_BATCH {
+                msg = rx.try_recv().ok();
+            }
+        }
+        if !frames.is_empty() {
+            let mut logged = false;
+            while let Err(e) = log.append(&frames) {
+                if !logged {
+                    log::error!(
+                        "event log: cannot append to {} ({e}); events are held back until the disk accepts writes (check free space and permissions)",
+                        log.dir().display()
+                    );
+                    metrics::counter!("rlay_event_log_write_errors_total").increment(1);
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            unsynced = true;
+            let arcs: Vec<Arc<LogFrame>> = frames.into_iter().map(Arc::new).collect();
+            ring.publish(&arcs);
+            metrics::counter!("rlay_events_sequenced_total").increment(arcs.len() as u64);
+            metrics::gauge!("disk_persister_current_seq").set((next - 1) as f64);
+        }
+        if !barriers.is_empty() || (unsynced && last_sync.elapsed() >= SYNC_EVERY) {
+            sync(&log);
+            unsynced = false;
+            last_sync = Instant::now();
+        }
+        for b in barriers {
+            let _ = b.send(next - 1);
+        }
+    }
+    sync(&log);
+}
+
+fn sync(log: &EventLog) {
+    if let Err(e) = log.sync() {
+        log::error!(
+            "event log: fdatasync failed in {}: {e}",
+            log.dir().display()
+        );
+    }
+}
