@@ -66,6 +66,12 @@ pub fn format_datetime_ms(ms: i64) -> String {
     )
 }
 
+/// Formats unix microseconds as an RFC 3339 UTC datetime with six fractional digits.
+pub fn format_datetime_us(us: i64) -> String {
+    let ms = format_datetime_ms(us.div_euclid(1000));
+    format!("{}{:03}Z", &ms[..ms.len() - 1], us.rem_euclid(1000))
+}
+
 /// Installs the logger (idempotent).
 pub fn init(level: &str) {
     let level = level.parse().unwrap_or(LevelFilter::Info);

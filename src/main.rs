@@ -9,6 +9,16 @@ const USAGE: &str = "rlay - an AT Protocol relay
 usage:
   rlay serve                 run the relay (configuration: environment or --flags, see README)
   rlay migrate               apply database migrations and exit
+  rlay sim [options]         run a simulated network of PDS hosts and a PLC directory
+      --hosts N                 hosts (default 3)
+      --accounts-per-host A     accounts per host (default 2)
+      --rate R                  events/s across all hosts (default 20)
+      --plc-listen ADDR         PLC directory address (default 127.0.0.1:2582)
+      --first-port P            hosts listen on localhost:P, P+1, ... (default 2600; 0 = any)
+      --crawl URL               ask this relay to crawl every host (admin requestCrawl)
+      --admin-password PW       the relay's admin password (with --crawl)
+      --fault KIND:FRACTION     give a fraction of the hosts a fault (repeatable)
+      --prefill N               sign N events before emitting (for high rates)
   rlay version
 
 Every RELAY_* variable has a flag: RELAY_API_LISTEN=... is --api-listen ...";
@@ -34,6 +44,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("sim") => run_sim(&args),
         Some("version") | Some("--version") => {
             println!("rlay {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -41,6 +52,115 @@ fn main() -> ExitCode {
         _ => {
             println!("{USAGE}");
             ExitCode::from(if args.command.is_none() { 0 } else { 2 })
+        }
+    }
+}
+
+fn run_sim(args: &Args) -> ExitCode {
+    use rlay::sim::{Sim, SimConfig, fault};
+    let num = |name: &str, default: f64| -> Result<f64, String> {
+        args.flag(name).map_or(Ok(default), |v| {
+            v.parse::<f64>()
+                .map_err(|_| format!("--{name} must be a number, got {v:?}"))
+        })
+    };
+    type SimOpts = (SimConfig, f64, usize, Vec<(fault::FaultKind, f64)>);
+    let parsed = (|| -> Result<SimOpts, String> {
+        let cfg = SimConfig {
+            hosts: num("hosts", 3.0)? as usize,
+            accounts_per_host: num("accounts-per-host", 2.0)? as usize,
+            plc_listen: args
+                .flag("plc-listen")
+                .unwrap_or("127.0.0.1:2582")
+                .to_owned(),
+            first_port: num("first-port", 2600.0)? as u16,
+            seed: num("seed", 1.0)? as u64,
+            ..SimConfig::default()
+        };
+        let faults = args
+            .all("fault")
+            .into_iter()
+            .map(fault::parse_spec)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((
+            cfg,
+            num("rate", 20.0)?,
+            num("prefill", 0.0)? as usize,
+            faults,
+        ))
+    })();
+    let (cfg, rate, prefill, faults) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("rlay sim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut sim = match Sim::start(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "rlay sim: cannot start ({e}); are ports {}.. and {} free?",
+                cfg.first_port, cfg.plc_listen
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    for (host, kind) in sim.apply_faults(&faults) {
+        log::info!("sim: {host} has fault {kind}");
+    }
+    println!(
+        "{}",
+        serde_json::json!({"plc": sim.world.plc_url, "hosts": sim.hostnames()})
+    );
+    if let Some(relay) = args.flag("crawl") {
+        let pw = args.flag("admin-password").unwrap_or("");
+        crawl(relay, pw, &sim.hostnames());
+    }
+    sim.start_traffic(rate, prefill);
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(10));
+        log::info!("sim: {} events emitted", sim.emitted());
+    }
+}
+
+/// Asks a relay to crawl each host, retrying while the relay comes up.
+fn crawl(relay: &str, password: &str, hosts: &[String]) {
+    use base64::Engine;
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("admin:{password}"))
+    );
+    let url = format!("{}/admin/pds/requestCrawl", relay.trim_end_matches('/'));
+    for h in hosts {
+        let mut ok = false;
+        for attempt in 0..30 {
+            match agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_json(serde_json::json!({"hostname": h}))
+            {
+                Ok(r) if r.status().is_success() => {
+                    ok = true;
+                    break;
+                }
+                Ok(r) => log::warn!(
+                    "sim: requestCrawl for {h} answered {} (attempt {attempt})",
+                    r.status()
+                ),
+                Err(e) => log::warn!("sim: requestCrawl for {h} failed: {e} (attempt {attempt})"),
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        if !ok {
+            log::error!(
+                "sim: the relay at {relay} never accepted {h}; check --admin-password and that it allows insecure hosts"
+            );
         }
     }
 }

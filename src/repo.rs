@@ -42,6 +42,14 @@ pub enum RepoError {
     NotFound(String),
 }
 
+/// The parts of a repo's state a simulated fault may need to roll back.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    data: Cid,
+    head: Option<(Cid, String)>,
+    records: usize,
+}
+
 /// One repository and its signing key.
 pub struct Repo {
     pub did: String,
@@ -101,8 +109,39 @@ impl Repo {
         tid_from_parts(self.last_us, self.clock_id)
     }
 
+    /// Current state, to [`Repo::restore`] after producing an event that must not count
+    /// (simulated faults). Blocks are only removed by [`Repo::gc`], so restoring is cheap.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            data: self.data,
+            head: self.head.clone(),
+            records: self.records,
+        }
+    }
+
+    pub fn restore(&mut self, s: Snapshot) {
+        if let Some((c, _)) = &self.head
+            && s.head.as_ref().map(|(h, _)| h) != Some(c)
+        {
+            self.blocks.remove(c);
+        }
+        self.data = s.data;
+        self.head = s.head;
+        self.records = s.records;
+    }
+
     /// Applies writes as one commit and returns the `#commit` event a PDS would emit (seq 0).
     pub fn commit(&mut self, writes: &[Write], time: &str) -> Result<CommitEvent, RepoError> {
+        self.commit_with_rev(writes, time, None)
+    }
+
+    /// Like [`Repo::commit`] with an explicit rev (simulated faults use older revs).
+    pub fn commit_with_rev(
+        &mut self,
+        writes: &[Write],
+        time: &str,
+        rev: Option<String>,
+    ) -> Result<CommitEvent, RepoError> {
         let prev_data = self.data;
         let mut new_blocks: Vec<(Cid, Vec<u8>)> = Vec::new();
         let mut ops = Vec::with_capacity(writes.len());
@@ -174,7 +213,7 @@ impl Repo {
         let (proof, _inverted) = diff_proof(&self.blocks, new_root, &inv)?;
         debug_assert_eq!(_inverted, prev_data);
 
-        let rev = self.next_rev();
+        let rev = rev.unwrap_or_else(|| self.next_rev());
         let since = self.head.as_ref().map(|(_, r)| r.clone());
         let (_, commit_bytes, commit_cid) =
             Commit::sign(&self.key, &self.did, &rev, new_root, None);
@@ -196,12 +235,8 @@ impl Repo {
         }
         let car = write_car(&[commit_cid], car_blocks);
         self.blocks.insert(commit_cid, commit_bytes);
-        if let Some((old, _)) = self.head.take() {
-            self.blocks.remove(&old);
-        }
         self.head = Some((commit_cid, rev.clone()));
         self.data = new_root;
-        self.maybe_gc();
         Ok(CommitEvent {
             seq: 0,
             rebase: false,
@@ -241,9 +276,6 @@ impl Repo {
     pub fn resign(&mut self) -> Option<()> {
         let rev = self.next_rev();
         let (_, bytes, cid) = Commit::sign(&self.key, &self.did, &rev, self.data, None);
-        if let Some((old, _)) = self.head.take() {
-            self.blocks.remove(&old);
-        }
         self.blocks.insert(cid, bytes);
         self.head = Some((cid, rev));
         Some(())
@@ -297,8 +329,9 @@ impl Repo {
         out
     }
 
-    /// Drops blocks no longer reachable once the store has grown well past the live set.
-    fn maybe_gc(&mut self) {
+    /// Drops blocks no longer reachable once the store has grown well past the live set. Call
+    /// it only when no [`Snapshot`] will be restored.
+    pub fn gc(&mut self) {
         let live_estimate = self.records * 2 + 16;
         if self.blocks.len() < live_estimate * 2 {
             return;

@@ -287,6 +287,8 @@ impl Front {
             );
             return;
         };
+        // Fix the start before answering: a client holding its 101 must see every later event.
+        let start: Start = self.hub.start_for(cursor);
         let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
         let resp = format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nServer: {}\r\n\r\n",
@@ -295,7 +297,6 @@ impl Front {
         if stream.write_all(resp.as_bytes()).is_err() {
             return;
         }
-        let start: Start = self.hub.start_for(cursor);
         let client = Client {
             remote_addr: head
                 .header("x-forwarded-for")

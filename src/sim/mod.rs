@@ -1,0 +1,879 @@
+//! A simulated atproto network on loopback: a PLC directory and PDS hosts whose accounts have
+//! real keys and real MST repos, emitting real signed commits (and identity, account and sync
+//! events), with switchable faults. Used by tests, benchmarks and `rlay sim`.
+//!
+//! Every valid event a host emits is recorded in a ledger, so end-to-end tests can check that a
+//! relay delivered each one exactly once.
+
+pub mod fault;
+pub mod host;
+pub mod plc;
+pub mod server;
+pub mod traffic;
+
+use crate::cid::Cid;
+use crate::crypto::{Curve, PrivateKey};
+use crate::frame::{AccountEvent, Event, IdentityEvent};
+use crate::repo::{Repo, RepoError, Write};
+use host::Host;
+use plc::Plc;
+use serde_json::json;
+use std::collections::HashMap;
+use std::io;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Deactivated,
+    Takendown,
+    Deleted,
+}
+
+impl Status {
+    /// `(active, status)` as `#account` and `getRepoStatus` report it.
+    pub fn wire(self) -> (bool, Option<&'static str>) {
+        match self {
+            Status::Active => (true, None),
+            Status::Deactivated => (false, Some("deactivated")),
+            Status::Takendown => (false, Some("takendown")),
+            Status::Deleted => (false, Some("deleted")),
+        }
+    }
+}
+
+pub struct SimAccount {
+    pub did: String,
+    pub handle: String,
+    pub host: usize,
+    pub repo: Repo,
+    pub status: Status,
+    /// Paths of records that exist (for deletes and updates).
+    pub paths: Vec<String>,
+    pub curve: Curve,
+    pub key_version: u32,
+    last_rkey_us: u64,
+}
+
+impl SimAccount {
+    /// A fresh record key (a TID), strictly increasing for this account.
+    pub fn next_rkey(&mut self) -> String {
+        let now = u64::try_from(crate::verify::now_us()).unwrap_or(0);
+        self.last_rkey_us = now.max(self.last_rkey_us + 1);
+        crate::syntax::tid_from_parts(self.last_rkey_us, 7)
+    }
+}
+
+/// One valid event a host emitted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LedgerEntry {
+    pub host: usize,
+    pub did: String,
+    pub kind: &'static str,
+    /// Commit CID for `#commit`, rev for `#sync`, `time` for `#identity`/`#account`.
+    pub key: String,
+}
+
+impl LedgerEntry {
+    /// The same key computed from an event (e.g. one read back from a relay).
+    pub fn key_of(e: &Event) -> Option<(String, &'static str, String)> {
+        Some(match e {
+            Event::Commit(c) => (c.repo.clone(), "#commit", c.commit.to_string()),
+            Event::Sync(s) => (s.did.clone(), "#sync", s.rev.clone()),
+            Event::Identity(i) => (i.did.clone(), "#identity", i.time.clone()),
+            Event::Account(a) => (a.did.clone(), "#account", a.time.clone()),
+            _ => return None,
+        })
+    }
+}
+
+/// Something to emit, decided by the generator.
+pub enum Planned {
+    Valid(usize, Event),
+    Defect(usize, Event),
+    RepeatLast(usize),
+    Restart(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub hosts: usize,
+    pub accounts_per_host: usize,
+    /// Address for the PLC directory (`127.0.0.1:0` for any port).
+    pub plc_listen: String,
+    /// First host port (hosts get P, P+1, ...); 0 for any free ports.
+    pub first_port: u16,
+    /// Every n-th account gets a p256 key (the rest k256).
+    pub p256_every: usize,
+    /// Records each account starts with.
+    pub initial_records: usize,
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            hosts: 1,
+            accounts_per_host: 1,
+            plc_listen: "127.0.0.1:0".into(),
+            first_port: 0,
+            p256_every: 5,
+            initial_records: 3,
+            seed: 1,
+        }
+    }
+}
+
+pub struct World {
+    pub plc: Arc<Plc>,
+    pub plc_url: String,
+    pub hosts: Vec<Arc<Host>>,
+    accounts: RwLock<Vec<Arc<Mutex<SimAccount>>>>,
+    by_did: RwLock<HashMap<String, usize>>,
+    ledger: Mutex<Vec<LedgerEntry>>,
+    clock_us: AtomicI64,
+    next_account: AtomicU64,
+    seed: u64,
+    initial_records: usize,
+}
+
+fn lock(a: &Mutex<SimAccount>) -> MutexGuard<'_, SimAccount> {
+    a.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("unknown account {0}")]
+    UnknownAccount(String),
+    #[error("repo: {0}")]
+    Repo(#[from] RepoError),
+    #[error("account {0} is not active")]
+    Inactive(String),
+}
+
+/// A did:plc identifier derived from a seed string.
+pub fn plc_did(seed: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(seed.as_bytes());
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
+    let id: String = d
+        .iter()
+        .take(24)
+        .map(|b| alphabet[(b % 32) as usize] as char)
+        .collect();
+    format!("did:plc:{id}")
+}
+
+impl World {
+    /// A unique, increasing `time` value (microsecond precision).
+    pub fn time_now(&self) -> String {
+        let now = crate::verify::now_us();
+        let prev = self.clock_us.fetch_max(now, Ordering::SeqCst);
+        let us = if prev >= now {
+            self.clock_us.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            now
+        };
+        crate::logging::format_datetime_us(us)
+    }
+
+    pub fn account_count(&self) -> usize {
+        self.accounts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn account(&self, i: usize) -> Option<Arc<Mutex<SimAccount>>> {
+        self.accounts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(i)
+            .cloned()
+    }
+
+    pub fn index_of(&self, did: &str) -> Option<usize> {
+        self.by_did
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(did)
+            .copied()
+    }
+
+    fn account_by_did(&self, did: &str) -> Result<Arc<Mutex<SimAccount>>, SimError> {
+        self.index_of(did)
+            .and_then(|i| self.account(i))
+            .ok_or_else(|| SimError::UnknownAccount(did.to_owned()))
+    }
+
+    /// DIDs of every account, in creation order.
+    pub fn dids(&self) -> Vec<String> {
+        self.accounts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|a| lock(a).did.clone())
+            .collect()
+    }
+
+    pub fn ledger(&self) -> Vec<LedgerEntry> {
+        self.ledger
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn emit(&self, p: Planned) {
+        match p {
+            Planned::Valid(h, e) => {
+                // Record before publishing so a fast reader never sees an event the ledger lacks.
+                if let Some((did, kind, key)) = LedgerEntry::key_of(&e) {
+                    self.ledger
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(LedgerEntry {
+                            host: h,
+                            did,
+                            kind,
+                            key,
+                        });
+                }
+                self.hosts[h].publish(e);
+            }
+            Planned::Defect(h, e) => {
+                self.hosts[h].publish(e);
+            }
+            Planned::RepeatLast(h) => self.hosts[h].repeat_last(),
+            Planned::Restart(h) => self.hosts[h].restart(),
+        }
+    }
+
+    fn document(&self, a: &SimAccount) -> serde_json::Value {
+        plc::did_document(
+            &a.did,
+            &a.handle,
+            &a.repo.key().public(),
+            &self.hosts[a.host].url(),
+        )
+    }
+
+    /// Creates an account on `host`: registers it with the PLC, then emits `#identity`,
+    /// `#account` (active) and its first `#commit`, as a PDS does.
+    pub fn create_account(&self, host: usize, curve: Option<Curve>) -> Result<String, SimError> {
+        let n = self.next_account.fetch_add(1, Ordering::SeqCst);
+        let did = plc_did(&format!("rlay-sim-{}-{n}", self.seed));
+        let curve = curve.unwrap_or(Curve::K256);
+        let key = PrivateKey::from_seed(curve, did.as_bytes());
+        let mut acct = SimAccount {
+            did: did.clone(),
+            handle: format!("u{n}.h{host}.test"),
+            host,
+            repo: Repo::new(&did, key),
+            status: Status::Active,
+            paths: Vec::new(),
+            curve,
+            key_version: 0,
+            last_rkey_us: 0,
+        };
+        self.plc.set(&did, self.document(&acct));
+        let mut events = vec![
+            Planned::Valid(
+                host,
+                Event::Identity(IdentityEvent {
+                    seq: 0,
+                    did: did.clone(),
+                    time: self.time_now(),
+                    handle: Some(acct.handle.clone()),
+                }),
+            ),
+            Planned::Valid(
+                host,
+                Event::Account(AccountEvent {
+                    seq: 0,
+                    did: did.clone(),
+                    time: self.time_now(),
+                    active: true,
+                    status: None,
+                }),
+            ),
+        ];
+        let mut writes = vec![Write::Create {
+            path: "app.bsky.actor.profile/self".into(),
+            record: traffic::profile(&acct.handle, 0),
+        }];
+        for i in 0..self.initial_records() {
+            let rkey = acct.next_rkey();
+            writes.push(Write::Create {
+                path: format!("app.bsky.feed.post/{rkey}"),
+                record: traffic::post(&format!("hello {i}"), &self.time_now()),
+            });
+        }
+        acct.paths
+            .extend(writes.iter().map(|w| w.path().to_owned()));
+        let c = acct.repo.commit(&writes, &self.time_now())?;
+        events.push(Planned::Valid(host, Event::Commit(c)));
+        {
+            let mut list = self
+                .accounts
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            list.push(Arc::new(Mutex::new(acct)));
+            self.by_did
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(did.clone(), list.len() - 1);
+        }
+        for e in events {
+            self.emit(e);
+        }
+        Ok(did)
+    }
+
+    fn initial_records(&self) -> usize {
+        self.initial_records
+    }
+
+    /// Commits writes for an account and emits the `#commit`.
+    pub fn write(&self, did: &str, writes: &[Write]) -> Result<Cid, SimError> {
+        let a = self.account_by_did(did)?;
+        let mut a = lock(&a);
+        if a.status != Status::Active {
+            return Err(SimError::Inactive(did.to_owned()));
+        }
+        let time = self.time_now();
+        let c = a.repo.commit(writes, &time)?;
+        for w in writes {
+            match w {
+                Write::Create { path, .. } => a.paths.push(path.clone()),
+                Write::Delete { path } => a.paths.retain(|p| p != path),
+                Write::Update { .. } => {}
+            }
+        }
+        a.repo.gc();
+        let cid = c.commit;
+        let host = a.host;
+        drop(a);
+        self.emit(Planned::Valid(host, Event::Commit(c)));
+        Ok(cid)
+    }
+
+    /// A new post; returns its path.
+    pub fn post(&self, did: &str, text: &str) -> Result<String, SimError> {
+        let a = self.account_by_did(did)?;
+        let rkey = lock(&a).next_rkey();
+        let path = format!("app.bsky.feed.post/{rkey}");
+        self.write(
+            did,
+            &[Write::Create {
+                path: path.clone(),
+                record: traffic::post(text, &self.time_now()),
+            }],
+        )?;
+        Ok(path)
+    }
+
+    /// Changes the handle (PLC document first, then `#identity`).
+    pub fn set_handle(&self, did: &str, handle: &str) -> Result<(), SimError> {
+        let a = self.account_by_did(did)?;
+        let mut a = lock(&a);
+        a.handle = handle.to_owned();
+        self.plc.set(did, self.document(&a));
+        let host = a.host;
+        drop(a);
+        self.emit(Planned::Valid(
+            host,
+            Event::Identity(IdentityEvent {
+                seq: 0,
+                did: did.to_owned(),
+                time: self.time_now(),
+                handle: Some(handle.to_owned()),
+            }),
+        ));
+        Ok(())
+    }
+
+    /// Emits `#account` for a status change at the PDS (a deletion also tombstones the DID).
+    pub fn set_status(&self, did: &str, status: Status) -> Result<(), SimError> {
+        let a = self.account_by_did(did)?;
+        let mut a = lock(&a);
+        a.status = status;
+        if status == Status::Deleted {
+            self.plc.tombstone(did);
+        }
+        let host = a.host;
+        drop(a);
+        let (active, st) = status.wire();
+        self.emit(Planned::Valid(
+            host,
+            Event::Account(AccountEvent {
+                seq: 0,
+                did: did.to_owned(),
+                time: self.time_now(),
+                active,
+                status: st.map(str::to_owned),
+            }),
+        ));
+        Ok(())
+    }
+
+    /// A `#sync` announcing the current repo state under a fresh rev.
+    pub fn sync(&self, did: &str) -> Result<(), SimError> {
+        let a = self.account_by_did(did)?;
+        let mut a = lock(&a);
+        a.repo.resign();
+        let time = self.time_now();
+        let ev = a.repo.sync_event(&time);
+        let host = a.host;
+        drop(a);
+        if let Some(s) = ev {
+            self.emit(Planned::Valid(host, Event::Sync(s)));
+        }
+        Ok(())
+    }
+
+    /// Rotates the account's signing key in the PLC document (no event: a PDS follows a
+    /// rotation with a commit signed by the new key).
+    pub fn rotate_key(&self, did: &str) -> Result<(), SimError> {
+        let a = self.account_by_did(did)?;
+        let mut a = lock(&a);
+        a.key_version += 1;
+        let key = PrivateKey::from_seed(a.curve, format!("{did}#{}", a.key_version).as_bytes());
+        a.repo.set_key(key);
+        self.plc.set(did, self.document(&a));
+        Ok(())
+    }
+
+    /// Moves an account to another host as a migration does: new key and PDS in the PLC
+    /// document, then the new host emits `#identity`, `#account` (active) and a `#sync` signed by
+    /// the new key, and the old host reports the account deactivated.
+    pub fn migrate(&self, did: &str, to: usize) -> Result<(), SimError> {
+        let a = self.account_by_did(did)?;
+        let mut a = lock(&a);
+        let from = a.host;
+        a.host = to;
+        a.key_version += 1;
+        let key = PrivateKey::from_seed(a.curve, format!("{did}#{}", a.key_version).as_bytes());
+        a.repo.set_key(key);
+        self.plc.set(did, self.document(&a));
+        a.repo.resign();
+        let t = self.time_now();
+        let sync = a.repo.sync_event(&t);
+        drop(a);
+        self.emit(Planned::Valid(
+            to,
+            Event::Identity(IdentityEvent {
+                seq: 0,
+                did: did.to_owned(),
+                time: self.time_now(),
+                handle: None,
+            }),
+        ));
+        self.emit(Planned::Valid(
+            to,
+            Event::Account(AccountEvent {
+                seq: 0,
+                did: did.to_owned(),
+                time: self.time_now(),
+                active: true,
+                status: None,
+            }),
+        ));
+        if let Some(s) = sync {
+            self.emit(Planned::Valid(to, Event::Sync(s)));
+        }
+        // The old host's view; a relay must ignore it (wrong host). Not in the ledger.
+        self.emit(Planned::Defect(
+            from,
+            Event::Account(AccountEvent {
+                seq: 0,
+                did: did.to_owned(),
+                time: self.time_now(),
+                active: false,
+                status: Some("deactivated".into()),
+            }),
+        ));
+        Ok(())
+    }
+
+    /// Handles one HTTP request to host `h`.
+    fn handle_host(&self, h: usize, mut s: TcpStream, head: crate::http::front::Head) {
+        use server::{respond, respond_json, xrpc_error};
+        let host = &self.hosts[h];
+        let path = head.path().to_owned();
+        if path == "/xrpc/com.atproto.sync.subscribeRepos" {
+            let Some(key) = head.header("sec-websocket-key") else {
+                return xrpc_error(&mut s, 400, "InvalidRequest", "WebSocket upgrade required");
+            };
+            let cursor = match head.query("cursor").map(|c| c.parse::<u64>()) {
+                None => None,
+                Some(Ok(c)) => Some(c),
+                Some(Err(_)) => return xrpc_error(&mut s, 400, "InvalidRequest", "bad cursor"),
+            };
+            let start = host.start_position(cursor);
+            let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nServer: rlay-sim-pds\r\n\r\n"
+            );
+            if std::io::Write::write_all(&mut s, resp.as_bytes()).is_ok() {
+                host.serve_subscriber(s, start);
+            }
+            return;
+        }
+        let did = head.query("did").unwrap_or_default();
+        let on_host = || -> Option<Arc<Mutex<SimAccount>>> {
+            let a = self.account(self.index_of(&did)?)?;
+            let ok = lock(&a).host == h;
+            ok.then_some(a)
+        };
+        match path.as_str() {
+            "/xrpc/com.atproto.server.describeServer" => respond_json(
+                &mut s,
+                200,
+                &json!({"did": format!("did:web:{}", host.hostname.replace(':', "%3A")), "availableUserDomains": [".test"], "inviteCodeRequired": false, "links": {}}),
+            ),
+            "/xrpc/com.atproto.sync.getRepoStatus" => match on_host() {
+                None => xrpc_error(&mut s, 404, "RepoNotFound", &format!("no repo for {did}")),
+                Some(a) => {
+                    let a = lock(&a);
+                    let (active, status) = a.status.wire();
+                    let mut v = json!({"did": did, "active": active});
+                    if let Some(st) = status {
+                        v["status"] = json!(st);
+                    } else if let Some((_, rev)) = a.repo.head() {
+                        v["rev"] = json!(rev);
+                    }
+                    respond_json(&mut s, 200, &v);
+                }
+            },
+            "/xrpc/com.atproto.sync.getLatestCommit" | "/xrpc/com.atproto.sync.getRepo" => {
+                match on_host() {
+                    None => xrpc_error(&mut s, 404, "RepoNotFound", &format!("no repo for {did}")),
+                    Some(a) => {
+                        let a = lock(&a);
+                        match a.status {
+                            Status::Deactivated => {
+                                return xrpc_error(
+                                    &mut s,
+                                    400,
+                                    "RepoDeactivated",
+                                    "repo is deactivated",
+                                );
+                            }
+                            Status::Takendown => {
+                                return xrpc_error(
+                                    &mut s,
+                                    400,
+                                    "RepoTakendown",
+                                    "repo is taken down",
+                                );
+                            }
+                            Status::Deleted => {
+                                return xrpc_error(&mut s, 404, "RepoNotFound", "repo was deleted");
+                            }
+                            Status::Active => {}
+                        }
+                        if path.ends_with("getRepo") {
+                            let car = a.repo.export_car();
+                            drop(a);
+                            respond(&mut s, 200, "application/vnd.ipld.car", &car);
+                        } else if let Some((cid, rev)) = a.repo.head() {
+                            respond_json(&mut s, 200, &json!({"cid": cid.to_string(), "rev": rev}));
+                        }
+                    }
+                }
+            }
+            "/xrpc/com.atproto.sync.listRepos" => {
+                let limit = head
+                    .query("limit")
+                    .and_then(|l| l.parse::<usize>().ok())
+                    .unwrap_or(500)
+                    .clamp(1, 1000);
+                let after = head.query("cursor").and_then(|c| c.parse::<usize>().ok());
+                let list = self
+                    .accounts
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let mut repos = Vec::new();
+                let mut last = None;
+                for (i, a) in list.iter().enumerate() {
+                    if after.is_some_and(|c| i <= c) {
+                        continue;
+                    }
+                    let a = lock(a);
+                    if a.host != h {
+                        continue;
+                    }
+                    let (active, status) = a.status.wire();
+                    let (head_cid, rev) = a
+                        .repo
+                        .head()
+                        .map(|(c, r)| (c.to_string(), r.to_owned()))
+                        .unwrap_or_default();
+                    let mut v =
+                        json!({"did": a.did, "head": head_cid, "rev": rev, "active": active});
+                    if let Some(st) = status {
+                        v["status"] = json!(st);
+                    }
+                    repos.push(v);
+                    last = Some(i);
+                    if repos.len() >= limit {
+                        break;
+                    }
+                }
+                let mut body = json!({"repos": repos});
+                if let (Some(l), true) = (
+                    last,
+                    body["repos"].as_array().is_some_and(|r| r.len() >= limit),
+                ) {
+                    body["cursor"] = json!(l.to_string());
+                }
+                respond_json(&mut s, 200, &body);
+            }
+            "/xrpc/com.atproto.identity.resolveHandle" => {
+                let handle = head
+                    .query("handle")
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                let list = self
+                    .accounts
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                match list
+                    .iter()
+                    .map(|a| lock(a))
+                    .find(|a| a.handle == handle && a.host == h)
+                    .map(|a| a.did.clone())
+                {
+                    Some(d) => respond_json(&mut s, 200, &json!({"did": d})),
+                    None => xrpc_error(&mut s, 400, "InvalidRequest", "Unable to resolve handle"),
+                }
+            }
+            _ => xrpc_error(
+                &mut s,
+                404,
+                "MethodNotImplemented",
+                "not implemented by the simulator",
+            ),
+        }
+    }
+}
+
+/// A running simulated network.
+pub struct Sim {
+    pub world: Arc<World>,
+    traffic: Option<Traffic>,
+}
+
+impl Sim {
+    /// Binds the PLC and every host, creates the accounts, and starts serving.
+    pub fn start(cfg: &SimConfig) -> io::Result<Sim> {
+        let (plc_listener, plc_addr) = {
+            let l = std::net::TcpListener::bind(&cfg.plc_listen)?;
+            let a = l.local_addr()?;
+            (l, a)
+        };
+        let mut hosts = Vec::with_capacity(cfg.hosts);
+        let mut listeners = Vec::with_capacity(cfg.hosts);
+        for i in 0..cfg.hosts {
+            let port = if cfg.first_port == 0 {
+                0
+            } else {
+                cfg.first_port.saturating_add(i as u16)
+            };
+            let (l, addr) = server::bind(port)?;
+            hosts.push(Arc::new(Host::new(i, addr)));
+            listeners.push(l);
+        }
+        let plc = Arc::new(Plc::default());
+        plc.serve(plc_listener)?;
+        let world = Arc::new(World {
+            plc,
+            plc_url: format!("http://{plc_addr}"),
+            hosts,
+            accounts: RwLock::new(Vec::new()),
+            by_did: RwLock::new(HashMap::new()),
+            ledger: Mutex::new(Vec::new()),
+            clock_us: AtomicI64::new(0),
+            next_account: AtomicU64::new(0),
+            seed: cfg.seed,
+            initial_records: cfg.initial_records,
+        });
+        for (i, l) in listeners.into_iter().enumerate() {
+            let w = world.clone();
+            server::serve(
+                l,
+                format!("sim-host-{i}"),
+                Arc::new(move |s, head, _| w.handle_host(i, s, head)),
+            )?;
+        }
+        for h in 0..cfg.hosts {
+            for a in 0..cfg.accounts_per_host {
+                let n = h * cfg.accounts_per_host + a;
+                let curve = if cfg.p256_every > 0 && n % cfg.p256_every == cfg.p256_every - 1 {
+                    Curve::P256
+                } else {
+                    Curve::K256
+                };
+                world
+                    .create_account(h, Some(curve))
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+            }
+        }
+        Ok(Sim {
+            world,
+            traffic: None,
+        })
+    }
+
+    pub fn hostnames(&self) -> Vec<String> {
+        self.world
+            .hosts
+            .iter()
+            .map(|h| h.hostname.clone())
+            .collect()
+    }
+
+    /// Starts random traffic at `rate` events/s. With `prefill` > 0 that many events are
+    /// generated (signed) before emission starts, so emission is not limited by signing.
+    pub fn start_traffic(&mut self, rate: f64, prefill: usize) {
+        self.start_traffic_limited(rate, prefill, None);
+    }
+
+    /// Like [`Sim::start_traffic`], stopping after `limit` planned actions (benchmarks).
+    pub fn start_traffic_limited(&mut self, rate: f64, prefill: usize, limit: Option<usize>) {
+        self.stop_traffic();
+        self.traffic = Some(Traffic::start(self.world.clone(), rate, prefill, limit));
+    }
+
+    /// Actions generated and waiting to be emitted.
+    pub fn queued(&self) -> usize {
+        self.traffic.as_ref().map_or(0, |t| {
+            t.queue.lock().unwrap_or_else(PoisonError::into_inner).len()
+        })
+    }
+
+    pub fn stop_traffic(&mut self) {
+        if let Some(t) = self.traffic.take() {
+            t.stop();
+        }
+    }
+
+    /// Gives `fraction` of the hosts each fault kind (different kinds start at different hosts
+    /// so they spread out). Event faults hit every 10th event of a host, connection faults every
+    /// connection after 100 frames, restarts every 300 events.
+    pub fn apply_faults(&self, specs: &[(fault::FaultKind, f64)]) -> Vec<(String, &'static str)> {
+        let n = self.world.hosts.len();
+        let mut out = Vec::new();
+        for (k, (kind, frac)) in specs.iter().enumerate() {
+            let count = ((*frac * n as f64).round() as usize).min(n);
+            let every = match kind {
+                fault::FaultKind::Restart => 300,
+                k if k.is_connection_level() => 100,
+                _ => 10,
+            };
+            for j in 0..count {
+                let h = &self.world.hosts[(j + k * 7) % n];
+                h.set_fault(Some((*kind, every)));
+                out.push((h.hostname.clone(), kind.name()));
+            }
+        }
+        out
+    }
+
+    /// Events emitted by the traffic engine so far.
+    pub fn emitted(&self) -> u64 {
+        self.traffic
+            .as_ref()
+            .map_or(0, |t| t.emitted.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.stop_traffic();
+        for h in &self.world.hosts {
+            h.shutdown.store(true, Ordering::Relaxed);
+            h.restart();
+        }
+    }
+}
+
+/// Background generation (ahead of time) and paced emission.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    emitted: Arc<AtomicU64>,
+    queue: Arc<Mutex<std::collections::VecDeque<Planned>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(world: Arc<World>, rate: f64, prefill: usize, limit: Option<usize>) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let emitted = Arc::new(AtomicU64::new(0));
+        let queue: Arc<Mutex<std::collections::VecDeque<Planned>>> =
+            Arc::new(Mutex::new(Default::default()));
+        let cap = prefill.max((rate * 2.0).min(1e7) as usize).max(64);
+        let mut threads = Vec::new();
+        {
+            let (w, q, st) = (world.clone(), queue.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut rng = traffic::Rng::new(w.seed ^ 0x5eed);
+                let mut made = 0usize;
+                while !st.load(Ordering::Relaxed) && limit.is_none_or(|l| made < l) {
+                    if q.lock().unwrap_or_else(PoisonError::into_inner).len() >= cap {
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    }
+                    let planned = traffic::random_action(&w, &mut rng);
+                    made += planned.len();
+                    q.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .extend(planned);
+                }
+            }));
+        }
+        {
+            let (w, q, st, em) = (world, queue.clone(), stop.clone(), emitted.clone());
+            threads.push(std::thread::spawn(move || {
+                while q.lock().unwrap_or_else(PoisonError::into_inner).len() < prefill
+                    && !st.load(Ordering::Relaxed)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let start = Instant::now();
+                let mut sent = 0u64;
+                while !st.load(Ordering::Relaxed) {
+                    let due = (start.elapsed().as_secs_f64() * rate) as u64;
+                    while sent < due {
+                        let Some(p) = q.lock().unwrap_or_else(PoisonError::into_inner).pop_front()
+                        else {
+                            break;
+                        };
+                        w.emit(p);
+                        sent += 1;
+                        em.store(sent, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }));
+        }
+        Traffic {
+            stop,
+            emitted,
+            queue,
+            threads,
+        }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

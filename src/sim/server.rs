@@ -1,0 +1,80 @@
+//! The simulator's HTTP plumbing: a blocking accept thread per listener (idle listeners cost no
+//! CPU, which is what lets one process hold 3,000 hosts) and a thread per connection.
+
+use crate::http::front::{Head, read_head};
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type Handler = Arc<dyn Fn(TcpStream, Head, Vec<u8>) + Send + Sync>;
+
+/// Serves `listener` forever on a small-stack accept thread.
+pub fn serve(listener: TcpListener, name: String, handler: Handler) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name(name)
+        .stack_size(128 << 10)
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut stream) = conn else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let h = handler.clone();
+                let _ = std::thread::Builder::new()
+                    .name("sim-conn".into())
+                    .stack_size(512 << 10)
+                    .spawn(move || {
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                        let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+                        let mut buf = Vec::with_capacity(1024);
+                        if let Ok(Some(head)) = read_head(&mut stream, &mut buf) {
+                            h(stream, head, buf);
+                        }
+                    });
+            }
+        })?;
+    Ok(())
+}
+
+/// Binds 127.0.0.1:`port` (0 for any free port).
+pub fn bind(port: u16) -> io::Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind(("127.0.0.1", port))?;
+    let a = l.local_addr()?;
+    Ok((l, a))
+}
+
+/// Writes a complete response and closes.
+pub fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        410 => "Gone",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nServer: rlay-sim-pds\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body);
+    let _ = stream.flush();
+}
+
+pub fn respond_json(stream: &mut TcpStream, status: u16, body: &serde_json::Value) {
+    respond(
+        stream,
+        status,
+        "application/json",
+        body.to_string().as_bytes(),
+    );
+}
+
+pub fn xrpc_error(stream: &mut TcpStream, status: u16, error: &str, message: &str) {
+    respond_json(
+        stream,
+        status,
+        &serde_json::json!({ "error": error, "message": message }),
+    );
+}
