@@ -130,6 +130,7 @@ fn run(rate: Option<u64>, count: u64) -> (f64, f64) {
     let backend = api::start(
         Arc::new(Api {
             peers: peers.clone(),
+            ctx: None,
         }),
         1,
     )

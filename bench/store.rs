@@ -58,6 +58,7 @@ fn run(s: &dyn Store) -> f64 {
                 .collect(),
             host_cursors: vec![(host.id, r)],
             host_counts: vec![(host.id, ACCOUNTS)],
+            meta: vec![("flushed_seq".into(), r.to_string())],
         })
         .collect();
     let start = Instant::now();

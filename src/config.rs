@@ -106,6 +106,16 @@ pub const VARS: &[(&str, &str, &str)] = &[
     ),
     ("RELAY_RESOLVER_THREADS", "4", "DID resolver threads."),
     (
+        "RELAY_UPSTREAM_STALL_TIMEOUT",
+        "90s",
+        "Reconnect to a host that sent nothing (not even a pong) for this long.",
+    ),
+    (
+        "RELAY_IDLE_HOST_RETRY",
+        "15m",
+        "Wait before re-probing a host that answered `FutureCursor` (it lost its history).",
+    ),
+    (
         "RELAY_HOST_EVENT_RATE",
         "50",
         "Base per-second event rate per host (plus account limit / 1000); excess is slowed, not dropped.",
@@ -157,6 +167,8 @@ pub struct Config {
     pub ring_capacity: usize,
     pub consumer_stall_timeout: Duration,
     pub resolver_threads: usize,
+    pub upstream_stall_timeout: Duration,
+    pub idle_host_retry: Duration,
     pub host_event_rate: u32,
     pub backfill_host: String,
     pub backfill_collections_file: Option<PathBuf>,
@@ -286,6 +298,8 @@ impl Config {
             ring_capacity: s.parse("RELAY_RING_CAPACITY")?,
             consumer_stall_timeout: s.duration("RELAY_CONSUMER_STALL_TIMEOUT")?,
             resolver_threads: s.parse::<usize>("RELAY_RESOLVER_THREADS")?.max(1),
+            upstream_stall_timeout: s.duration("RELAY_UPSTREAM_STALL_TIMEOUT")?,
+            idle_host_retry: s.duration("RELAY_IDLE_HOST_RETRY")?,
             host_event_rate: s.parse("RELAY_HOST_EVENT_RATE")?,
             backfill_host: s
                 .string("RELAY_BACKFILL_HOST")

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("serve") => serve(&cfg),
         Some("sim") => run_sim(&args),
         Some("version") | Some("--version") => {
             println!("rlay {}", env!("CARGO_PKG_VERSION"));
@@ -163,4 +164,34 @@ fn crawl(relay: &str, password: &str, hosts: &[String]) {
             );
         }
     }
+}
+
+fn serve(cfg: &Config) -> ExitCode {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("cannot install a handler for signal {sig}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let relay = match rlay::relay::Relay::start(cfg, rlay::relay::Parts::default()) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("relay failed to start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "rlay listening on {} (metrics on {})",
+        relay.api_addr,
+        relay
+            .metrics_addr
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into())
+    );
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    relay.shutdown();
+    ExitCode::SUCCESS
 }

@@ -65,8 +65,8 @@ fn account(uid: i64, host_id: i64) -> AccountRow {
 fn migrations(s: &dyn Store) {
     assert_eq!(
         s.migrate().expect("first migrate"),
-        1,
-        "applies the one migration on an empty database"
+        2,
+        "applies every migration on an empty database"
     );
     assert_eq!(
         s.migrate().expect("re-run"),
@@ -139,9 +139,15 @@ fn accounts_and_batches(s: &dyn Store) {
         b.accounts.push(a);
     }
     b.host_cursors = vec![(h.id, 4242), (h2.id, 7)];
+    b.meta = vec![("flushed_seq".into(), "99".into())];
     b.host_counts = vec![(h.id, 90), (h2.id, 30)];
     s.write_batch(&b).expect("batch");
     assert_eq!(s.max_account_uid().expect("max"), 120);
+    assert_eq!(
+        s.get_meta("flushed_seq").expect("meta").as_deref(),
+        Some("99")
+    );
+    assert_eq!(s.get_meta("nothing").expect("meta"), None);
     let hr = s.host_by_id(h.id).expect("host").expect("exists");
     assert_eq!((hr.last_seq, hr.account_count), (4242, 90));
     assert_eq!(s.count_host_accounts(h2.id).expect("count"), 30);
@@ -223,6 +229,7 @@ fn interrupted_batch_leaves_nothing(s: &dyn Store) {
         accounts: vec![account(2, h.id), account(4, h.id), dup],
         host_cursors: vec![(h.id, 99)],
         host_counts: vec![(h.id, 3)],
+        meta: vec![("k".into(), "v".into())],
     };
     assert!(s.write_batch(&bad).is_err(), "the batch must fail");
     assert!(
@@ -242,6 +249,7 @@ fn interrupted_batch_leaves_nothing(s: &dyn Store) {
         (10, 0),
         "cursor and count untouched"
     );
+    assert_eq!(s.get_meta("k").expect("meta"), None, "meta untouched");
     assert_eq!(s.max_account_uid().expect("max"), 1);
 }
 both!(interrupted_batch_leaves_nothing);

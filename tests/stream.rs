@@ -35,6 +35,7 @@ fn relay_in(dir: tempfile::TempDir, cfg: StreamConfig) -> Relay {
     let backend = api::start(
         Arc::new(Api {
             peers: peers.clone(),
+            ctx: None,
         }),
         1,
     )

@@ -1,3 +1,7 @@
-//! Identity: DID documents and (later in the pipeline) resolution behind a cache.
+//! Identity: DID documents and their resolution behind a cache.
 
 pub mod doc;
+pub mod resolver;
+
+pub use doc::Identity;
+pub use resolver::{Fetch, HttpFetch, Resolution, Resolver, ResolverConfig, StaticFetch};

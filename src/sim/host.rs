@@ -180,12 +180,14 @@ impl Host {
                     if *pos < log.base + log.frames.len() as u64 {
                         break;
                     }
-                    let (g, _) = self
+                    // Wake once a second to answer the client's pings (relays treat an
+                    // unanswered ping as a dead connection).
+                    let (g, timeout) = self
                         .cv
-                        .wait_timeout(log, Duration::from_secs(10))
+                        .wait_timeout(log, Duration::from_secs(1))
                         .unwrap_or_else(PoisonError::into_inner);
                     log = g;
-                    if last_ping.elapsed() > Duration::from_secs(20) {
+                    if timeout.timed_out() {
                         break;
                     }
                 }
@@ -201,7 +203,7 @@ impl Host {
                 v
             };
             // Keep the connection alive for clients that expect traffic, and drain their frames.
-            if batch.is_empty() {
+            if batch.is_empty() && last_ping.elapsed() > Duration::from_secs(20) {
                 last_ping = Instant::now();
                 if ws.send(Message::Ping(Bytes::new())).is_err() {
                     return;

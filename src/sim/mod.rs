@@ -360,6 +360,27 @@ impl World {
         Ok(cid)
     }
 
+    /// A commit emitted even though the account is not active at its PDS (a misbehaving PDS).
+    /// Relays must drop it, so it is not in the ledger.
+    pub fn force_commit(&self, did: &str) -> Result<Cid, SimError> {
+        let a = self.account_by_did(did)?;
+        let mut a = lock(&a);
+        let rkey = a.next_rkey();
+        let path = format!("app.bsky.feed.post/{rkey}");
+        let c = a.repo.commit(
+            &[Write::Create {
+                path: path.clone(),
+                record: traffic::post("while inactive", &self.time_now()),
+            }],
+            &self.time_now(),
+        )?;
+        a.paths.push(path);
+        let (cid, host) = (c.commit, a.host);
+        drop(a);
+        self.emit(Planned::Defect(host, Event::Commit(c)));
+        Ok(cid)
+    }
+
     /// A new post; returns its path.
     pub fn post(&self, did: &str, text: &str) -> Result<String, SimError> {
         let a = self.account_by_did(did)?;

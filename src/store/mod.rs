@@ -122,11 +122,16 @@ pub struct Batch {
     pub host_cursors: Vec<(i64, i64)>,
     /// (host id, account count)
     pub host_counts: Vec<(i64, i64)>,
+    /// Relay key/value state written in the same transaction.
+    pub meta: Vec<(String, String)>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.accounts.is_empty() && self.host_cursors.is_empty() && self.host_counts.is_empty()
+        self.accounts.is_empty()
+            && self.host_cursors.is_empty()
+            && self.host_counts.is_empty()
+            && self.meta.is_empty()
     }
 }
 
@@ -181,6 +186,8 @@ pub trait Store: Send + Sync {
 
     /// Upserts accounts (by uid) and updates host cursors and counts, all or nothing.
     fn write_batch(&self, b: &Batch) -> Result<()>;
+
+    fn get_meta(&self, key: &str) -> Result<Option<String>>;
 
     fn domain_bans(&self) -> Result<Vec<String>>;
     fn ban_domain(&self, domain: &str) -> Result<()>;

@@ -9,8 +9,14 @@ use super::{
 };
 use postgres::{Client, NoTls, Row};
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../sql/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../sql/postgres/0001_init.sql")),
+    (
+        2,
+        "relay_meta",
+        include_str!("../../sql/postgres/0002_relay_meta.sql"),
+    ),
+];
 
 /// Serialises concurrent `migrate` calls from several relay processes.
 const MIGRATION_LOCK: i64 = 0x726c_6179;
@@ -266,9 +272,18 @@ impl Store for PgStore {
                     &[&cnt_ids, &cnt_vals, &now],
                 )?;
             }
+            for (k, v) in &b.meta {
+                tx.execute(numbered(sql::SET_META).as_str(), &[k, v])?;
+            }
             tx.commit()?;
             Ok(())
         })
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .query(sql::GET_META, &[&key], |r| Ok(r.try_get(0)?))?
+            .pop())
     }
 
     fn domain_bans(&self) -> Result<Vec<String>> {

@@ -26,6 +26,9 @@ pub const UPSERT_ACCOUNT_SET: &str = "ON CONFLICT (uid) DO UPDATE SET did = excl
     status = excluded.status, upstream_status = excluded.upstream_status, rev = excluded.rev,
     commit_cid = excluded.commit_cid, data_cid = excluded.data_cid, updated_at = excluded.updated_at";
 
+pub const GET_META: &str = "SELECT value FROM relay_meta WHERE key = ?";
+pub const SET_META: &str = "INSERT INTO relay_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
 pub const DOMAIN_BANS: &str = "SELECT domain FROM domain_ban ORDER BY domain";
 pub const BAN_DOMAIN: &str =
     "INSERT INTO domain_ban (domain, created_at) VALUES (?, ?) ON CONFLICT (domain) DO NOTHING";

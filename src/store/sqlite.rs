@@ -11,8 +11,14 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../sql/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../sql/sqlite/0001_init.sql")),
+    (
+        2,
+        "relay_meta",
+        include_str!("../../sql/sqlite/0002_relay_meta.sql"),
+    ),
+];
 
 pub struct SqliteStore {
     pool: Pool<Connection>,
@@ -256,10 +262,18 @@ impl Store for SqliteStore {
                 for (id, n) in &b.host_counts {
                     cnt.execute(params![n, now, id])?;
                 }
+                let mut meta = tx.prepare_cached(sql::SET_META)?;
+                for (k, v) in &b.meta {
+                    meta.execute(params![k, v])?;
+                }
             }
             tx.commit()?;
             Ok(())
         })
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        self.one(sql::GET_META, [key], |r| r.get(0))
     }
 
     fn domain_bans(&self) -> Result<Vec<String>> {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod relay;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,316 @@
+//! DID resolution behind a cache, on a few resolver threads.
+//!
+//! Host threads never wait here: they ask for a DID and are called back (on a resolver thread)
+//! when it resolves. Concurrent requests for one DID share one lookup. Results are cached for
+//! 24 hours; failures for a short time, so a flapping PLC does not get hammered.
+
+use super::doc::{self, Identity};
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    Found(Arc<Identity>),
+    /// 404 / not registered.
+    NotFound,
+    /// 410 from the PLC directory: the account is deleted.
+    Tombstoned,
+    /// Network or document error (retried after the negative TTL).
+    Failed(Arc<str>),
+}
+
+impl Resolution {
+    pub fn identity(&self) -> Option<&Arc<Identity>> {
+        match self {
+            Resolution::Found(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Resolution::Found(_) => "found",
+            Resolution::NotFound => "not_found",
+            Resolution::Tombstoned => "tombstoned",
+            Resolution::Failed(_) => "error",
+        }
+    }
+}
+
+/// Where DID documents come from (HTTP in production, a fixed map in tests).
+pub trait Fetch: Send + Sync {
+    fn fetch(&self, did: &str) -> Resolution;
+}
+
+/// PLC directory and did:web over HTTP.
+pub struct HttpFetch {
+    plc: ureq::Agent,
+    web: ureq::Agent,
+    plc_host: String,
+    insecure: bool,
+}
+
+impl HttpFetch {
+    pub fn new(plc_host: &str, insecure: bool) -> HttpFetch {
+        HttpFetch {
+            // The PLC host is configured by the operator, so it may be private (tests, mirrors).
+            plc: crate::net::http_agent(true, Duration::from_secs(10)),
+            web: crate::net::http_agent(insecure, Duration::from_secs(10)),
+            plc_host: plc_host.trim_end_matches('/').to_owned(),
+            insecure,
+        }
+    }
+
+    fn get(&self, agent: &ureq::Agent, did: &str, url: &str) -> Resolution {
+        let resp = agent
+            .get(url)
+            .header("Accept", "application/did+ld+json,application/json")
+            .call();
+        let mut r = match resp {
+            Ok(r) => r,
+            Err(e) => return Resolution::Failed(format!("{url}: {e}").into()),
+        };
+        match r.status().as_u16() {
+            200 => {}
+            404 => return Resolution::NotFound,
+            410 => return Resolution::Tombstoned,
+            s => return Resolution::Failed(format!("{url}: HTTP {s}").into()),
+        }
+        let body = match r.body_mut().with_config().limit(256 << 10).read_to_vec() {
+            Ok(b) => b,
+            Err(e) => return Resolution::Failed(format!("{url}: {e}").into()),
+        };
+        let json: serde_json::Value = match serde_json::from_slice(&body) {
+            Ok(j) => j,
+            Err(e) => return Resolution::Failed(format!("{url}: not JSON: {e}").into()),
+        };
+        match doc::parse(did, &json) {
+            Ok(i) => Resolution::Found(Arc::new(i)),
+            Err(e) => Resolution::Failed(format!("{url}: {e}").into()),
+        }
+    }
+}
+
+impl Fetch for HttpFetch {
+    fn fetch(&self, did: &str) -> Resolution {
+        if did.starts_with("did:plc:") {
+            return self.get(&self.plc, did, &format!("{}/{did}", self.plc_host));
+        }
+        if let Some(id) = did.strip_prefix("did:web:") {
+            if id.contains(':') {
+                return Resolution::Failed("did:web with a path is not supported".into());
+            }
+            let host = id.replace("%3A", ":").replace("%3a", ":");
+            let scheme = if self.insecure && host.starts_with("localhost") {
+                "http"
+            } else {
+                "https"
+            };
+            return self.get(
+                &self.web,
+                did,
+                &format!("{scheme}://{host}/.well-known/did.json"),
+            );
+        }
+        Resolution::Failed("unsupported DID method (only did:plc and did:web)".into())
+    }
+}
+
+/// A fixed directory (tests, scenario runner).
+#[derive(Default)]
+pub struct StaticFetch {
+    pub docs: RwLock<HashMap<String, Resolution>>,
+}
+
+impl Fetch for StaticFetch {
+    fn fetch(&self, did: &str) -> Resolution {
+        self.docs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(did)
+            .cloned()
+            .unwrap_or(Resolution::NotFound)
+    }
+}
+
+struct Entry {
+    res: Resolution,
+    expires: Instant,
+}
+
+type Callback = Box<dyn FnOnce(&Resolution) + Send>;
+
+#[derive(Debug, Clone)]
+pub struct ResolverConfig {
+    pub threads: usize,
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    /// Cached identities kept at most (whole shards are trimmed beyond it).
+    pub capacity: usize,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        ResolverConfig {
+            threads: 4,
+            ttl: Duration::from_secs(24 * 3600),
+            negative_ttl: Duration::from_secs(120),
+            capacity: 5_000_000,
+        }
+    }
+}
+
+const SHARDS: usize = 64;
+
+pub struct Resolver {
+    shards: Vec<RwLock<HashMap<String, Entry>>>,
+    inflight: Mutex<HashMap<String, Vec<Callback>>>,
+    tx: Sender<String>,
+    fetch: Arc<dyn Fetch>,
+    cfg: ResolverConfig,
+}
+
+fn shard_of(did: &str) -> usize {
+    (crate::stream::eventlog::did_hash(did) % SHARDS as u64) as usize
+}
+
+impl Resolver {
+    pub fn start(fetch: Arc<dyn Fetch>, cfg: ResolverConfig) -> std::io::Result<Arc<Resolver>> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let r = Arc::new(Resolver {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            inflight: Mutex::new(HashMap::new()),
+            tx,
+            fetch,
+            cfg,
+        });
+        for i in 0..r.cfg.threads.max(1) {
+            let me = Arc::downgrade(&r);
+            let rx: Receiver<String> = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("resolver-{i}"))
+                .stack_size(2 << 20)
+                .spawn(move || {
+                    while let Ok(did) = rx.recv() {
+                        let Some(me) = me.upgrade() else { return };
+                        me.run_one(&did);
+                    }
+                })?;
+        }
+        Ok(r)
+    }
+
+    fn run_one(&self, did: &str) {
+        let t = Instant::now();
+        let res = self.fetch.fetch(did);
+        metrics::histogram!("atproto_identity_resolve_did_duration_seconds")
+            .record(t.elapsed().as_secs_f64());
+        metrics::counter!("atproto_identity_resolve_did", "status" => res.label()).increment(1);
+        if let Resolution::Failed(why) = &res {
+            log::debug!("identity: resolving {did} failed: {why}");
+        }
+        self.insert(did, res.clone());
+        let callbacks = self
+            .inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(did)
+            .unwrap_or_default();
+        for cb in callbacks {
+            cb(&res);
+        }
+    }
+
+    /// A fresh cached result, if any.
+    pub fn cached(&self, did: &str) -> Option<Resolution> {
+        let shard = self.shards[shard_of(did)]
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        match shard.get(did) {
+            Some(e) if e.expires > Instant::now() => {
+                metrics::counter!("atproto_directory_identity_cache_hits").increment(1);
+                Some(e.res.clone())
+            }
+            _ => {
+                metrics::counter!("atproto_directory_identity_cache_misses").increment(1);
+                None
+            }
+        }
+    }
+
+    /// Caches a result (also how tests and the scenario runner seed identities).
+    pub fn insert(&self, did: &str, res: Resolution) {
+        let ttl = match res {
+            Resolution::Found(_) => self.cfg.ttl,
+            _ => self.cfg.negative_ttl,
+        };
+        let mut shard = self.shards[shard_of(did)]
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if shard.len() >= self.cfg.capacity / SHARDS {
+            let now = Instant::now();
+            shard.retain(|_, e| e.expires > now);
+            if shard.len() >= self.cfg.capacity / SHARDS {
+                shard.clear();
+            }
+        }
+        shard.insert(
+            did.to_owned(),
+            Entry {
+                res,
+                expires: Instant::now() + ttl,
+            },
+        );
+    }
+
+    /// Forgets a DID (on `#identity`, and before a refresh-and-retry).
+    pub fn purge(&self, did: &str) {
+        self.shards[shard_of(did)]
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(did);
+    }
+
+    /// Calls `cb` with the DID's resolution: at once if cached, else from a resolver thread
+    /// once the (shared) lookup finishes.
+    pub fn request(&self, did: &str, cb: Callback) {
+        if let Some(r) = self.cached(did) {
+            cb(&r);
+            return;
+        }
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        match inflight.get_mut(did) {
+            Some(v) => {
+                metrics::counter!("atproto_directory_identity_requests_coalesced").increment(1);
+                v.push(cb);
+            }
+            None => {
+                inflight.insert(did.to_owned(), vec![cb]);
+                drop(inflight);
+                let _ = self.tx.send(did.to_owned());
+            }
+        }
+    }
+
+    /// Resolves and waits (API paths only; never on a host thread).
+    pub fn resolve_blocking(&self, did: &str, timeout: Duration) -> Resolution {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.request(
+            did,
+            Box::new(move |r| {
+                let _ = tx.send(r.clone());
+            }),
+        );
+        rx.recv_timeout(timeout)
+            .unwrap_or(Resolution::Failed("timed out".into()))
+    }
+
+    pub fn pending(&self) -> usize {
+        self.inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}

@@ -1,0 +1,232 @@
+//! Account state, served from memory and written behind in batches.
+//!
+//! Each DID has a slot (sharded by DID hash) with the account as stored, a dirty flag for the
+//! flusher, and — while its identity is being resolved — a queue of events waiting in order.
+//! A DID not in memory is loaded from the store on first sight.
+
+use super::hosts::HostHandle;
+use crate::cid::Cid;
+use crate::frame::Event;
+use crate::store::{AccountRow, Store, StoreError, now_ms};
+use crate::verify::RepoState;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+pub const ACTIVE: &str = "active";
+pub const TAKENDOWN: &str = "takendown";
+pub const SUSPENDED: &str = "suspended";
+pub const THROTTLED: &str = "throttled";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub uid: i64,
+    pub did: String,
+    pub host_id: i64,
+    /// The relay's own status: active, takendown, suspended or throttled (host over its limit).
+    pub local: String,
+    /// The last status the account's PDS announced (`inactive` when it gave no reason).
+    pub upstream: String,
+    pub repo: Option<RepoState>,
+    pub created_at: i64,
+}
+
+impl Account {
+    /// Whether `#commit`/`#sync` may flow.
+    pub fn is_active(&self) -> bool {
+        self.local == ACTIVE && self.upstream == ACTIVE
+    }
+
+    /// `(active, status)` as emitted and reported: the relay's own reason first, then the PDS's.
+    pub fn combined(&self) -> (bool, Option<String>) {
+        if self.local != ACTIVE {
+            return (false, Some(self.local.clone()));
+        }
+        if self.upstream != ACTIVE {
+            return (
+                false,
+                (self.upstream != "inactive").then(|| self.upstream.clone()),
+            );
+        }
+        (true, None)
+    }
+
+    pub fn to_row(&self) -> AccountRow {
+        AccountRow {
+            uid: self.uid,
+            did: self.did.clone(),
+            host_id: self.host_id,
+            status: self.local.clone(),
+            upstream_status: self.upstream.clone(),
+            rev: self.repo.as_ref().map(|r| r.rev.clone()),
+            commit_cid: self.repo.as_ref().map(|r| r.commit.to_string()),
+            data_cid: self.repo.as_ref().map(|r| r.data.to_string()),
+            created_at: self.created_at,
+            updated_at: 0,
+        }
+    }
+
+    pub fn from_row(r: AccountRow) -> Account {
+        let repo = match (
+            r.rev,
+            r.commit_cid.and_then(|c| c.parse::<Cid>().ok()),
+            r.data_cid.and_then(|c| c.parse::<Cid>().ok()),
+        ) {
+            (Some(rev), Some(commit), Some(data)) => Some(RepoState { rev, commit, data }),
+            _ => None,
+        };
+        Account {
+            uid: r.uid,
+            did: r.did,
+            host_id: r.host_id,
+            local: r.status,
+            upstream: r.upstream_status,
+            repo,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// An event waiting for its DID's identity.
+pub struct Pending {
+    pub host: Arc<HostHandle>,
+    pub seq: u64,
+    pub event: Event,
+    /// 1 once the identity has been refreshed for this event (signature or host mismatch).
+    pub attempt: u8,
+}
+
+pub struct Slot {
+    pub account: Option<Account>,
+    pub dirty: bool,
+    pub pending: Option<VecDeque<Pending>>,
+}
+
+const SHARDS: usize = 64;
+
+pub struct Accounts {
+    shards: Box<[Mutex<HashMap<String, Slot>>]>,
+    store: Arc<dyn Store>,
+    next_uid: AtomicI64,
+}
+
+fn shard_of(did: &str) -> usize {
+    (crate::stream::eventlog::did_hash(did) % SHARDS as u64) as usize
+}
+
+impl Accounts {
+    pub fn new(store: Arc<dyn Store>) -> Result<Accounts, StoreError> {
+        let max = store.max_account_uid()?;
+        Ok(Accounts {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            store,
+            next_uid: AtomicI64::new(max + 1),
+        })
+    }
+
+    pub fn new_uid(&self) -> i64 {
+        self.next_uid.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Runs `f` on the DID's slot under its shard lock (loading it from the store if needed).
+    pub fn with<R>(&self, did: &str, f: impl FnOnce(&mut Slot) -> R) -> Result<R, StoreError> {
+        let mut shard = self.shards[shard_of(did)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !shard.contains_key(did) {
+            let account = self.store.account_by_did(did)?.map(Account::from_row);
+            shard.insert(
+                did.to_owned(),
+                Slot {
+                    account,
+                    dirty: false,
+                    pending: None,
+                },
+            );
+        }
+        match shard.get_mut(did) {
+            Some(slot) => Ok(f(slot)),
+            None => Err(StoreError::Db("account slot vanished".into())),
+        }
+    }
+
+    /// The account as held in memory, without loading it: `None` when it is not in memory.
+    pub fn peek(&self, did: &str) -> Option<Option<Account>> {
+        let shard = self.shards[shard_of(did)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.get(did).map(|s| s.account.clone())
+    }
+
+    /// The current account for reads (API): memory first, else the store; never caches.
+    pub fn lookup(&self, did: &str) -> Result<Option<Account>, StoreError> {
+        match self.peek(did) {
+            Some(a) => Ok(a),
+            None => Ok(self.store.account_by_did(did)?.map(Account::from_row)),
+        }
+    }
+
+    /// A copy of the account, if it exists.
+    pub fn get(&self, did: &str) -> Result<Option<Account>, StoreError> {
+        self.with(did, |s| s.account.clone())
+    }
+
+    pub fn has_pending(&self, did: &str) -> bool {
+        self.with(did, |s| s.pending.as_ref().is_some_and(|q| !q.is_empty()))
+            .unwrap_or(false)
+    }
+
+    /// Rows of every changed account (clearing their dirty flags).
+    pub fn take_dirty(&self) -> Vec<AccountRow> {
+        let mut out = Vec::new();
+        let now = now_ms();
+        for shard in self.shards.iter() {
+            let mut s = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for slot in s.values_mut() {
+                if slot.dirty {
+                    slot.dirty = false;
+                    if let Some(a) = &slot.account {
+                        let mut row = a.to_row();
+                        row.updated_at = now;
+                        out.push(row);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Marks accounts dirty again (their batch failed to commit).
+    pub fn mark_dirty(&self, dids: &[String]) {
+        for d in dids {
+            let _ = self.with(d, |s| s.dirty = true);
+        }
+    }
+
+    /// Copies of in-memory accounts matching `pred` (they may be newer than the store).
+    pub fn find_in_memory(&self, pred: impl Fn(&Account) -> bool) -> Vec<Account> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let s = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            out.extend(
+                s.values()
+                    .filter_map(|slot| slot.account.as_ref())
+                    .filter(|a| pred(a))
+                    .cloned(),
+            );
+        }
+        out
+    }
+
+    /// Accounts held in memory.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

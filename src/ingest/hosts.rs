@@ -1,0 +1,151 @@
+//! Upstream hosts (PDSes) the relay subscribes to: their live state, and the registry of them.
+
+use crate::store::{HostRow, HostStatus};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+/// Where a host's cursor can safely be persisted: the highest seq read, held back to just
+/// below the lowest seq still waiting for its DID's identity.
+#[derive(Default)]
+struct CursorTrack {
+    last: i64,
+    inflight: BTreeMap<u64, u32>,
+}
+
+pub struct HostHandle {
+    pub id: i64,
+    pub hostname: String,
+    pub no_tls: bool,
+    pub trusted: bool,
+    status: Mutex<HostStatus>,
+    pub account_count: AtomicI64,
+    pub account_limit: AtomicI64,
+    cursor: Mutex<CursorTrack>,
+    /// Ask the connection thread to stop (kill, block, shutdown).
+    pub kill: AtomicBool,
+    pub connected: AtomicBool,
+    /// A connection thread is running for this host.
+    pub running: AtomicBool,
+    pub events_received: AtomicU64,
+    /// (cursor, account count) last written to the store.
+    pub persisted: Mutex<(i64, i64)>,
+}
+
+impl HostHandle {
+    pub fn from_row(r: &HostRow) -> HostHandle {
+        HostHandle {
+            id: r.id,
+            hostname: r.hostname.clone(),
+            no_tls: r.no_tls,
+            trusted: r.trusted,
+            status: Mutex::new(r.status),
+            account_count: AtomicI64::new(r.account_count),
+            account_limit: AtomicI64::new(r.account_limit),
+            cursor: Mutex::new(CursorTrack {
+                last: r.last_seq.max(0),
+                inflight: BTreeMap::new(),
+            }),
+            kill: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            events_received: AtomicU64::new(0),
+            persisted: Mutex::new((r.last_seq, r.account_count)),
+        }
+    }
+
+    pub fn status(&self) -> HostStatus {
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn set_status(&self, s: HostStatus) {
+        *self.status.lock().unwrap_or_else(PoisonError::into_inner) = s;
+    }
+
+    /// An event with this upstream seq is being processed.
+    pub fn begin(&self, seq: u64) {
+        let mut c = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
+        *c.inflight.entry(seq).or_default() += 1;
+        c.last = c.last.max(seq as i64);
+    }
+
+    /// Processing of `seq` finished (accepted, dropped or ignored).
+    pub fn end(&self, seq: u64) {
+        let mut c = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = c.inflight.get_mut(&seq) {
+            *n -= 1;
+            if *n == 0 {
+                c.inflight.remove(&seq);
+            }
+        }
+    }
+
+    /// The cursor to persist and to resume from.
+    pub fn safe_cursor(&self) -> i64 {
+        let c = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
+        match c.inflight.keys().next() {
+            Some(&lowest) => (lowest as i64 - 1).min(c.last),
+            None => c.last,
+        }
+    }
+
+    /// Forgets the cursor (after the upstream said our cursor is in its future).
+    pub fn reset_cursor(&self) {
+        let mut c = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
+        c.last = 0;
+        c.inflight.clear();
+    }
+
+    pub fn has_capacity(&self) -> bool {
+        self.account_count.load(Ordering::Relaxed) < self.account_limit.load(Ordering::Relaxed)
+    }
+}
+
+/// All known hosts, by id and by hostname.
+#[derive(Default)]
+pub struct Hosts {
+    by_id: RwLock<HashMap<i64, Arc<HostHandle>>>,
+    by_name: RwLock<HashMap<String, i64>>,
+}
+
+impl Hosts {
+    pub fn insert(&self, h: Arc<HostHandle>) {
+        self.by_name
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(h.hostname.clone(), h.id);
+        self.by_id
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(h.id, h);
+    }
+
+    pub fn get(&self, id: i64) -> Option<Arc<HostHandle>> {
+        self.by_id
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
+    pub fn by_name(&self, hostname: &str) -> Option<Arc<HostHandle>> {
+        let id = *self
+            .by_name
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(hostname)?;
+        self.get(id)
+    }
+
+    pub fn all(&self) -> Vec<Arc<HostHandle>> {
+        let mut v: Vec<Arc<HostHandle>> = self
+            .by_id
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|h| h.id);
+        v
+    }
+}

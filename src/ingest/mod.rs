@@ -1,0 +1,8 @@
+//! The input half of the relay: host connections → validation → account state → sequencer.
+
+pub mod accounts;
+pub mod crawl;
+pub mod flusher;
+pub mod hosts;
+pub mod pipeline;
+pub mod upstream;

@@ -1,0 +1,669 @@
+//! What happens to each upstream event: identity, host authority, account status, full
+//! verification, account state, and emission to the sequencer.
+//!
+//! No unverified event leaves the relay, and no host thread waits for DID resolution. When a
+//! DID's identity is cached the host thread verifies inline. Otherwise the event waits in the
+//! DID's bounded queue (later events of that DID queue behind it, so order is kept) while a
+//! resolver thread looks the DID up; the resolver thread then drains the queue. A signature
+//! failure or a host mismatch refreshes the identity once and retries.
+//!
+//! State changes and the matching emission happen under the account's shard lock, so the store
+//! flusher never sees state whose event has not reached the sequencer.
+
+use super::accounts::{ACTIVE, Account, Accounts, Pending, Slot, THROTTLED};
+use super::hosts::{HostHandle, Hosts};
+use crate::frame::{AccountEvent, Event, IdentityEvent};
+use crate::identity::{Resolution, Resolver};
+use crate::stream::eventlog::EventLog;
+use crate::stream::firehose::Hidden;
+use crate::stream::sequencer::Sequencer;
+use crate::syntax::{is_normalized_did, is_valid_did};
+use crate::verify::RepoState;
+use crate::verify::{Chain, Options, verify_commit, verify_sync};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub lenient: bool,
+    /// zlay's behaviour: forward unverified on an identity cache miss.
+    pub optimistic: bool,
+    /// Events a DID may have waiting for its identity before more are dropped.
+    pub max_pending_per_did: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            lenient: false,
+            optimistic: false,
+            max_pending_per_did: 1000,
+        }
+    }
+}
+
+/// Told about accepted changes (the collection index listens).
+pub trait Observer: Send + Sync {
+    fn commit(&self, did: &str, ops: &[crate::frame::RepoOp]);
+    fn account_deleted(&self, did: &str);
+}
+
+pub struct Pipeline {
+    pub accounts: Accounts,
+    /// Crash recovery: repo state of accounts first seen after the last flush, and the
+    /// identity/account events already in the log, so their upstream replays are not re-emitted.
+    pub recovered: Mutex<Recovered>,
+    pub resolver: Arc<Resolver>,
+    pub sequencer: Sequencer,
+    pub hosts: Arc<Hosts>,
+    pub hidden: Arc<Hidden>,
+    pub cfg: PipelineConfig,
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+#[derive(Default)]
+pub struct Recovered {
+    repos: HashMap<String, RepoState>,
+    upstream: HashMap<String, String>,
+    seen: HashSet<String>,
+}
+
+fn seen_key(kind: &str, did: &str, time: &str) -> String {
+    format!("{kind}|{did}|{time}")
+}
+
+enum Outcome {
+    Done,
+    /// Refresh the identity and process this item again.
+    Retry(Box<Pending>),
+}
+
+/// What applying a verified event to the account found.
+enum Apply {
+    Emitted(bool),
+    /// Someone changed the state since it was read: verify again against this.
+    Changed(Option<RepoState>),
+    Missing,
+}
+
+fn dropped(reason: &'static str) -> Outcome {
+    metrics::counter!("rlay_events_dropped_total", "reason" => reason).increment(1);
+    Outcome::Done
+}
+
+impl Pipeline {
+    /// Entry point for host threads.
+    pub fn submit(self: &Arc<Self>, host: &Arc<HostHandle>, seq: u64, event: Event) {
+        host.begin(seq);
+        let Some(did) = event.did().map(str::to_owned) else {
+            host.end(seq);
+            return;
+        };
+        if !is_valid_did(&did) || !is_normalized_did(&did) {
+            dropped("bad_did");
+            host.end(seq);
+            return;
+        }
+        // Identity and status changes are rare and decide who is authoritative for the account,
+        // so they always get a fresh DID document: a stale cache would, for example, accept a
+        // deactivation from the account's old host during a migration.
+        if matches!(event, Event::Identity(_) | Event::Account(_)) {
+            self.resolver.purge(&did);
+        }
+        self.dispatch(
+            Pending {
+                host: host.clone(),
+                seq,
+                event,
+                attempt: 0,
+            },
+            &did,
+        );
+    }
+
+    fn dispatch(self: &Arc<Self>, item: Pending, did: &str) {
+        let max = self.cfg.max_pending_per_did;
+        // Join the DID's queue if it has one, so its events stay in order.
+        let joined = self.accounts.with(did, |slot| match &mut slot.pending {
+            Some(q) if q.len() >= max => Err(Box::new(item)),
+            Some(q) => {
+                q.push_back(item);
+                Ok(None)
+            }
+            None => Ok(Some(item)),
+        });
+        let item = match joined {
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(item))) => item,
+            Ok(Err(item)) => {
+                log::warn!(
+                    "ingest: {did} has {max} events waiting for its identity; dropping seq {} from {}",
+                    item.seq,
+                    item.host.hostname
+                );
+                dropped("pending_queue_full");
+                item.host.end(item.seq);
+                return;
+            }
+            Err(e) => {
+                log::error!("ingest: account store error for {did}: {e}; dropping the event");
+                metrics::counter!("rlay_events_dropped_total", "reason" => "store_error")
+                    .increment(1);
+                return;
+            }
+        };
+        if let Some(res) = self.resolver.cached(did) {
+            if let Outcome::Retry(item) = self.process(item, did, &res) {
+                self.resolver.purge(did);
+                self.wait_for_identity(*item, did, true);
+            }
+            return;
+        }
+        if self.cfg.optimistic && matches!(item.event, Event::Commit(_) | Event::Sync(_)) {
+            self.passthrough(item, did);
+            self.resolver.request(did, Box::new(|_| {}));
+            return;
+        }
+        self.wait_for_identity(item, did, false);
+    }
+
+    /// Queues the item for its DID and asks for the DID's resolution.
+    fn wait_for_identity(self: &Arc<Self>, item: Pending, did: &str, front: bool) {
+        let (host, seq) = (item.host.clone(), item.seq);
+        let queued = self.accounts.with(did, |slot| {
+            let q = slot.pending.get_or_insert_with(VecDeque::new);
+            if front {
+                q.push_front(item);
+            } else {
+                q.push_back(item);
+            }
+        });
+        if queued.is_err() {
+            host.end(seq);
+            return;
+        }
+        metrics::counter!("rlay_events_awaiting_identity_total").increment(1);
+        let me = self.clone();
+        let d = did.to_owned();
+        self.resolver
+            .request(did, Box::new(move |res| me.drain(&d, res)));
+    }
+
+    /// Processes a DID's queued events, in order, with its fresh resolution.
+    fn drain(self: &Arc<Self>, did: &str, res: &Resolution) {
+        loop {
+            let next = self.accounts.with(did, |slot| match &mut slot.pending {
+                Some(q) => match q.pop_front() {
+                    Some(i) => Some(i),
+                    None => {
+                        slot.pending = None;
+                        None
+                    }
+                },
+                None => None,
+            });
+            let Ok(Some(item)) = next else { return };
+            if let Outcome::Retry(item) = self.process(item, did, res) {
+                self.resolver.purge(did);
+                self.wait_for_identity(*item, did, true);
+                return;
+            }
+        }
+    }
+
+    fn process(&self, item: Pending, did: &str, res: &Resolution) -> Outcome {
+        let (host, seq) = (item.host.clone(), item.seq);
+        let out = self.process_event(item, did, res);
+        if let Outcome::Done = out {
+            host.end(seq);
+        }
+        out
+    }
+
+    /// Creates the account on first sight from its own PDS, or moves it on a verified migration.
+    fn ensure_account<'s>(
+        &self,
+        slot: &'s mut Slot,
+        host: &HostHandle,
+        did: &str,
+    ) -> &'s mut Account {
+        let acct = slot.account.get_or_insert_with(|| {
+            let local = if host.has_capacity() {
+                ACTIVE
+            } else {
+                THROTTLED
+            };
+            host.account_count.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("relay_new_users_discovered").increment(1);
+            slot.dirty = true;
+            let mut rec = self
+                .recovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            Account {
+                uid: self.accounts.new_uid(),
+                did: did.to_owned(),
+                host_id: host.id,
+                local: local.to_owned(),
+                upstream: rec
+                    .upstream
+                    .remove(did)
+                    .unwrap_or_else(|| ACTIVE.to_owned()),
+                repo: rec.repos.remove(did),
+                created_at: crate::store::now_ms(),
+            }
+        });
+        if acct.host_id != host.id {
+            log::info!(
+                "ingest: {did} migrated to {} (verified against its DID document)",
+                host.hostname
+            );
+            if let Some(old) = self.hosts.get(acct.host_id) {
+                old.account_count.fetch_sub(1, Ordering::Relaxed);
+            }
+            host.account_count.fetch_add(1, Ordering::Relaxed);
+            acct.host_id = host.id;
+            slot.dirty = true;
+            metrics::counter!("rlay_account_migrations_total").increment(1);
+        }
+        acct
+    }
+
+    fn process_event(&self, item: Pending, did: &str, res: &Resolution) -> Outcome {
+        let ident = res.identity();
+        let host_ok =
+            ident.and_then(|i| i.pds_host()).as_deref() == Some(item.host.hostname.as_str());
+        let replay_key = match &item.event {
+            Event::Identity(e) => Some(seen_key("i", did, &e.time)),
+            Event::Account(e) => Some(seen_key("a", did, &e.time)),
+            _ => None,
+        };
+        if let Some(k) = replay_key
+            && self
+                .recovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .seen
+                .remove(&k)
+        {
+            metrics::counter!("rlay_events_ignored_total", "reason" => "already_logged")
+                .increment(1);
+            return Outcome::Done;
+        }
+        match &item.event {
+            Event::Identity(e) => {
+                if ident.is_none() {
+                    return dropped("identity_unresolved");
+                }
+                // The handle passes only when the DID document declares it and the event came
+                // from the account's own PDS.
+                let declared = ident.and_then(|i| i.handle.clone());
+                let handle = e
+                    .handle
+                    .as_ref()
+                    .map(|h| h.to_ascii_lowercase())
+                    .filter(|h| host_ok && Some(h) == declared.as_ref());
+                let out = Event::Identity(IdentityEvent {
+                    seq: 0,
+                    did: did.to_owned(),
+                    time: e.time.clone(),
+                    handle,
+                });
+                let emitted = self.accounts.with(did, |slot| {
+                    if host_ok {
+                        self.ensure_account(slot, &item.host, did);
+                    }
+                    self.sequencer.emit(out)
+                });
+                if !matches!(emitted, Ok(true)) {
+                    return dropped("store_error");
+                }
+                Outcome::Done
+            }
+            Event::Account(e) => {
+                if !host_ok {
+                    if item.attempt == 0 && ident.is_some() {
+                        return Outcome::Retry(Box::new(Pending { attempt: 1, ..item }));
+                    }
+                    // A deleted (tombstoned) DID can still report its deletion from its own host; a DID
+                    // that resolves to another host cannot.
+                    let from_own_host = ident.is_none()
+                        && self
+                            .accounts
+                            .get(did)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|a| a.host_id == item.host.id);
+                    if !from_own_host {
+                        return dropped("wrong_host");
+                    }
+                }
+                let upstream = if e.active {
+                    ACTIVE.to_owned()
+                } else {
+                    e.status.clone().unwrap_or_else(|| "inactive".into())
+                };
+                let time = e.time.clone();
+                let deleted = upstream == "deleted";
+                let r = self.accounts.with(did, |slot| {
+                    if host_ok {
+                        self.ensure_account(slot, &item.host, did);
+                    }
+                    let Some(a) = slot.account.as_mut() else {
+                        return false;
+                    };
+                    if a.upstream != upstream {
+                        a.upstream = upstream;
+                        slot.dirty = true;
+                    }
+                    let (active, status) = a.combined();
+                    self.sequencer.emit(Event::Account(AccountEvent {
+                        seq: 0,
+                        did: did.to_owned(),
+                        time,
+                        active,
+                        status,
+                    }))
+                });
+                match r {
+                    Ok(true) => {
+                        if deleted && let Some(o) = &self.observer {
+                            o.account_deleted(did);
+                        }
+                        Outcome::Done
+                    }
+                    Ok(false) => dropped("unknown_account"),
+                    Err(_) => dropped("store_error"),
+                }
+            }
+            Event::Commit(_) | Event::Sync(_) => self.process_repo_event(item, did, res, host_ok),
+            _ => Outcome::Done,
+        }
+    }
+
+    fn process_repo_event(
+        &self,
+        item: Pending,
+        did: &str,
+        res: &Resolution,
+        host_ok: bool,
+    ) -> Outcome {
+        let ident = match res {
+            Resolution::Found(i) => i.clone(),
+            Resolution::Tombstoned => return dropped("account_deleted"),
+            _ => return dropped("identity_unresolved"),
+        };
+        if !host_ok {
+            if item.attempt == 0 {
+                return Outcome::Retry(Box::new(Pending { attempt: 1, ..item }));
+            }
+            log::debug!(
+                "ingest: {did} is not hosted on {}; dropping its event",
+                item.host.hostname
+            );
+            return dropped("wrong_host");
+        }
+        let Some(key) = ident.key.clone() else {
+            return dropped("no_signing_key");
+        };
+        let state = self.accounts.with(did, |slot| {
+            let a = self.ensure_account(slot, &item.host, did);
+            (a.repo.clone(), a.is_active())
+        });
+        let Ok((mut stored, active)) = state else {
+            return dropped("store_error");
+        };
+        if !active {
+            return dropped("inactive_account");
+        }
+        let opts = Options {
+            lenient: self.cfg.lenient,
+            now_us: crate::verify::now_us(),
+        };
+        // Verify against the state read, then apply only if nobody changed it meanwhile.
+        for _ in 0..3 {
+            let verdict = match &item.event {
+                Event::Commit(c) => verify_commit(c, &key, stored.as_ref(), &opts),
+                Event::Sync(s) => verify_sync(s, &key, stored.as_ref(), &opts),
+                _ => return Outcome::Done,
+            };
+            let acc = match verdict {
+                Ok(a) => a,
+                Err(e) if e.is_stale() => {
+                    metrics::counter!("rlay_events_ignored_total", "reason" => "stale_rev")
+                        .increment(1);
+                    return Outcome::Done;
+                }
+                Err(e) if e.is_signature() && item.attempt == 0 => {
+                    return Outcome::Retry(Box::new(Pending { attempt: 1, ..item }));
+                }
+                Err(e) => {
+                    log::debug!(
+                        "ingest: dropping {} for {did} from {}: {e}",
+                        item.event.type_name(),
+                        item.host.hostname
+                    );
+                    metrics::counter!("rlay_validation_failures_total", "rule" => e.rule())
+                        .increment(1);
+                    return dropped("invalid");
+                }
+            };
+            let applied = self.accounts.with(did, |slot| {
+                let Some(a) = slot.account.as_mut() else {
+                    return Apply::Missing;
+                };
+                if a.repo != stored {
+                    return Apply::Changed(a.repo.clone());
+                }
+                a.repo = Some(acc.state.clone());
+                slot.dirty = true;
+                Apply::Emitted(self.sequencer.emit(item.event.clone()))
+            });
+            match applied {
+                Ok(Apply::Emitted(true)) => {
+                    if acc.chain == Chain::Broken {
+                        metrics::counter!("rlay_chain_breaks_total").increment(1);
+                    }
+                    if let (Event::Commit(c), Some(o)) = (&item.event, &self.observer) {
+                        o.commit(did, &c.ops);
+                    }
+                    return Outcome::Done;
+                }
+                Ok(Apply::Emitted(false)) | Err(_) => return dropped("store_error"),
+                Ok(Apply::Changed(now)) => stored = now,
+                Ok(Apply::Missing) => return dropped("unknown_account"),
+            }
+        }
+        dropped("concurrent_update")
+    }
+
+    /// After a crash: re-applies the effects of logged events beyond `after` (what stored state
+    /// covers) so that the upstream replays of those events are recognised as already seen.
+    /// Returns how many events were re-applied.
+    pub fn recover(&self, log: &EventLog, after: u64) -> std::io::Result<usize> {
+        let mut reader = log.reader(after);
+        let mut n = 0;
+        while let Some(f) = reader.next_frame()? {
+            let Ok(ev) = crate::frame::decode(&f.bytes) else {
+                continue;
+            };
+            n += 1;
+            match &ev {
+                Event::Commit(c) => self.recover_repo(&c.repo, &c.blocks, &c.rev),
+                Event::Sync(s) => self.recover_repo(&s.did, &s.blocks, &s.rev),
+                Event::Identity(i) => {
+                    self.recovered
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .seen
+                        .insert(seen_key("i", &i.did, &i.time));
+                }
+                Event::Account(a) => {
+                    let mut rec = self
+                        .recovered
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    rec.seen.insert(seen_key("a", &a.did, &a.time));
+                    // Relay-local statuses say nothing about the upstream one.
+                    let upstream = match a.status.as_deref() {
+                        _ if a.active => Some(ACTIVE.to_owned()),
+                        Some(
+                            super::accounts::TAKENDOWN | super::accounts::SUSPENDED | THROTTLED,
+                        ) => None,
+                        Some(s) => Some(s.to_owned()),
+                        None => Some("inactive".to_owned()),
+                    };
+                    drop(rec);
+                    if let Some(u) = upstream {
+                        let known =
+                            self.accounts
+                                .with(&a.did, |slot| match slot.account.as_mut() {
+                                    Some(acct) => {
+                                        if acct.upstream != u {
+                                            acct.upstream = u.clone();
+                                            slot.dirty = true;
+                                        }
+                                        true
+                                    }
+                                    None => false,
+                                });
+                        if matches!(known, Ok(false)) {
+                            self.recovered
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .upstream
+                                .insert(a.did.clone(), u);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(n)
+    }
+
+    fn recover_repo(&self, did: &str, blocks: &[u8], rev: &str) {
+        let Ok(car) = crate::car::Car::parse(blocks) else {
+            return;
+        };
+        let Some(root) = car.roots.first().copied() else {
+            return;
+        };
+        let Some(sc) = car
+            .get(&root)
+            .and_then(|b| crate::commit::SignedCommit::decode(b).ok())
+        else {
+            return;
+        };
+        let state = RepoState {
+            rev: rev.to_owned(),
+            commit: root,
+            data: sc.commit.data,
+        };
+        let known = self.accounts.with(did, |slot| match slot.account.as_mut() {
+            Some(a) => {
+                if a.repo.as_ref().is_none_or(|r| r.rev.as_str() < rev) {
+                    a.repo = Some(state.clone());
+                    slot.dirty = true;
+                }
+                true
+            }
+            None => false,
+        });
+        if matches!(known, Ok(false)) {
+            self.recovered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .repos
+                .insert(did.to_owned(), state);
+        }
+    }
+
+    /// Optimistic mode on a cache miss: forward without verification (zlay's behaviour), unless
+    /// the relay itself has the account down.
+    fn passthrough(&self, item: Pending, did: &str) {
+        let r = self.accounts.with(did, |slot| {
+            if slot.account.as_ref().is_some_and(|a| a.local != ACTIVE) {
+                return false;
+            }
+            self.sequencer.emit(item.event.clone())
+        });
+        if matches!(r, Ok(true)) {
+            metrics::counter!("rlay_events_unverified_total").increment(1);
+        }
+        item.host.end(item.seq);
+    }
+
+    /// The relay's own takedown (or suspension): emits `#account` and hides the account's
+    /// events from replay. Returns false for an unknown account.
+    pub fn take_down(&self, did: &str, status: &str) -> bool {
+        let r = self.accounts.with(did, |slot| {
+            let Some(a) = slot.account.as_mut() else {
+                return false;
+            };
+            a.local = status.to_owned();
+            slot.dirty = true;
+            let (active, status) = a.combined();
+            self.sequencer.emit(Event::Account(AccountEvent {
+                seq: 0,
+                did: did.to_owned(),
+                time: crate::logging::timestamp(),
+                active,
+                status,
+            }))
+        });
+        let ok = matches!(r, Ok(true));
+        if ok {
+            self.hidden.hide(did);
+        }
+        ok
+    }
+
+    /// Reverses a takedown: emits `#account` with the combined status.
+    pub fn reverse_take_down(&self, did: &str) -> bool {
+        let r = self.accounts.with(did, |slot| {
+            let Some(a) = slot.account.as_mut() else {
+                return false;
+            };
+            a.local = ACTIVE.to_owned();
+            slot.dirty = true;
+            let (active, status) = a.combined();
+            self.sequencer.emit(Event::Account(AccountEvent {
+                seq: 0,
+                did: did.to_owned(),
+                time: crate::logging::timestamp(),
+                active,
+                status,
+            }))
+        });
+        let ok = matches!(r, Ok(true));
+        if ok {
+            self.hidden.unhide(did);
+        }
+        ok
+    }
+
+    /// Lifts a host-limit throttle from an account, emitting its new status.
+    pub fn unthrottle(&self, did: &str) -> bool {
+        let r = self.accounts.with(did, |slot| {
+            let Some(a) = slot.account.as_mut() else {
+                return false;
+            };
+            if a.local != THROTTLED {
+                return false;
+            }
+            a.local = ACTIVE.to_owned();
+            slot.dirty = true;
+            let (active, status) = a.combined();
+            self.sequencer.emit(Event::Account(AccountEvent {
+                seq: 0,
+                did: did.to_owned(),
+                time: crate::logging::timestamp(),
+                active,
+                status,
+            }))
+        });
+        matches!(r, Ok(true))
+    }
+}

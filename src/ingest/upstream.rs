@@ -1,0 +1,510 @@
+//! One OS thread per upstream host: dial (public addresses only unless dev mode), read frames,
+//! hand events to the pipeline, reconnect with exponential backoff and jitter.
+//!
+//! Host status follows what happens: `active` while connected; `idle` after the host answers
+//! `FutureCursor` (re-probed later without a cursor — the host lost its history); `offline`
+//! after repeated failures, but still re-probed on a long backoff (indigo gives up on it);
+//! `banned` if the upstream turns out to be a relay itself.
+
+use super::hosts::HostHandle;
+use super::pipeline::Pipeline;
+use crate::frame::{self, Event};
+use crate::store::{HostStatus, Store};
+use bytes::Bytes;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+/// Largest frame accepted from an upstream (sync spec).
+pub const MAX_FRAME: usize = 5_000_000;
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub allow_insecure: bool,
+    /// Ping the upstream after this much silence.
+    pub ping_after: Duration,
+    /// Reconnect after this much silence (a stalled connection).
+    pub stall_timeout: Duration,
+    /// Wait before re-probing a host that answered FutureCursor.
+    pub idle_retry: Duration,
+    pub failures_before_offline: u32,
+    pub offline_retry: Duration,
+    pub max_backoff: Duration,
+    /// Base events/s per host (plus account limit / 1000); trusted hosts get 5,000/s.
+    pub base_rate: u32,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            allow_insecure: false,
+            ping_after: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(90),
+            idle_retry: Duration::from_secs(15 * 60),
+            failures_before_offline: 15,
+            offline_retry: Duration::from_secs(30 * 60),
+            max_backoff: Duration::from_secs(300),
+            base_rate: 50,
+        }
+    }
+}
+
+/// What a frame did to the connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameResult {
+    Continue,
+    Reconnect(String),
+    FutureCursor,
+}
+
+/// Token buckets for the per-second, per-hour and per-day limits (indigo's formulas).
+struct Limiter {
+    buckets: [(f64, f64, f64); 3], // (tokens, capacity, refill per second)
+    last: Instant,
+}
+
+impl Limiter {
+    fn new(host: &HostHandle, base: u32) -> Limiter {
+        let limit = host.account_limit.load(Ordering::Relaxed) as f64;
+        let (sec, hour, day) = if host.trusted {
+            (5_000.0, 50_000_000.0, 500_000_000.0)
+        } else {
+            (
+                f64::from(base) + limit / 1000.0,
+                2_500.0 + limit,
+                20_000.0 + 10.0 * limit,
+            )
+        };
+        Limiter {
+            buckets: [
+                (sec, sec, sec),
+                (hour, hour, hour / 3600.0),
+                (day, day, day / 86_400.0),
+            ],
+            last: Instant::now(),
+        }
+    }
+
+    /// Waits until one more event is allowed: the limit slows reading, it never drops events.
+    fn acquire(&mut self, stop: &dyn Fn() -> bool) {
+        loop {
+            let now = Instant::now();
+            let dt = now.duration_since(self.last).as_secs_f64();
+            self.last = now;
+            for b in &mut self.buckets {
+                b.0 = (b.0 + dt * b.2).min(b.1);
+            }
+            if self.buckets.iter().all(|b| b.0 >= 1.0) {
+                for b in &mut self.buckets {
+                    b.0 -= 1.0;
+                }
+                return;
+            }
+            metrics::counter!("rlay_host_rate_limited_total").increment(1);
+            if stop() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The per-connection part of frame handling, shared by host threads and the scenario runner
+/// so both take exactly the same path.
+pub struct Session {
+    pub host: Arc<HostHandle>,
+    last_seq: Option<u64>,
+    warned: bool,
+}
+
+impl Session {
+    pub fn new(host: Arc<HostHandle>) -> Session {
+        Session {
+            host,
+            last_seq: None,
+            warned: false,
+        }
+    }
+
+    fn warn_once(&mut self, what: std::fmt::Arguments<'_>) {
+        if !self.warned {
+            log::warn!("upstream {}: {what}", self.host.hostname);
+            self.warned = true;
+        }
+    }
+
+    /// Decodes one binary frame and passes its event on.
+    pub fn handle(&mut self, pipeline: &Arc<Pipeline>, bytes: &Bytes) -> FrameResult {
+        self.host.events_received.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("events_received_counter").increment(1);
+        if bytes.len() > MAX_FRAME {
+            metrics::counter!("rlay_bad_frames_total", "reason" => "too_large").increment(1);
+            self.warn_once(format_args!(
+                "frame of {} bytes is over the 5 MB limit; reconnecting",
+                bytes.len()
+            ));
+            return FrameResult::Reconnect("frame over 5 MB".into());
+        }
+        let event = match frame::decode(bytes) {
+            Ok(e) => e,
+            Err(e) if e.is_fatal() => {
+                metrics::counter!("rlay_bad_frames_total", "reason" => "invalid_cbor").increment(1);
+                self.warn_once(format_args!("invalid frame ({e}); dropping the connection as the spec requires and reconnecting"));
+                return FrameResult::Reconnect(e.to_string());
+            }
+            Err(e) => {
+                metrics::counter!("rlay_bad_frames_total", "reason" => "schema").increment(1);
+                log::debug!("upstream {}: dropping a frame: {e}", self.host.hostname);
+                return FrameResult::Continue;
+            }
+        };
+        let seq = match &event {
+            Event::Error(e) if e.error == "FutureCursor" => return FrameResult::FutureCursor,
+            Event::Error(e) => {
+                self.warn_once(format_args!(
+                    "sent error {}: {}",
+                    e.error,
+                    e.message.as_deref().unwrap_or("")
+                ));
+                return FrameResult::Reconnect(format!("upstream error {}", e.error));
+            }
+            Event::Info(i) => {
+                log::info!(
+                    "upstream {}: #info {} {}",
+                    self.host.hostname,
+                    i.name,
+                    i.message.as_deref().unwrap_or("")
+                );
+                return FrameResult::Continue;
+            }
+            Event::Unknown { t, .. } => {
+                metrics::counter!("rlay_events_skipped_total", "reason" => "unknown_type")
+                    .increment(1);
+                log::debug!(
+                    "upstream {}: skipping message type {t:?}",
+                    self.host.hostname
+                );
+                return FrameResult::Continue;
+            }
+            e => e.seq().unwrap_or(0),
+        };
+        if !(1..(1i64 << 53)).contains(&seq) || self.last_seq.is_some_and(|l| seq as u64 <= l) {
+            metrics::counter!("rlay_events_dropped_total", "reason" => "seq_not_increasing")
+                .increment(1);
+            log::debug!(
+                "upstream {}: seq {seq} after {:?}; dropped",
+                self.host.hostname,
+                self.last_seq
+            );
+            return FrameResult::Continue;
+        }
+        self.last_seq = Some(seq as u64);
+        pipeline.submit(&self.host, seq as u64, event);
+        FrameResult::Continue
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("WebSocket handshake failed: {0}")]
+    Handshake(String),
+    #[error("the upstream identifies itself as a relay ({0}); relays are not crawled")]
+    IsRelay(String),
+}
+
+enum End {
+    Killed,
+    /// The connection delivered events before ending.
+    Progress(String),
+    NoProgress(String),
+    FutureCursor,
+}
+
+pub struct Upstream {
+    pub pipeline: Arc<Pipeline>,
+    pub store: Arc<dyn Store>,
+    pub cfg: UpstreamConfig,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+fn split_host(hostname: &str, tls: bool) -> (String, u16) {
+    match hostname.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_owned(), p.parse().unwrap_or(443)),
+        _ => (hostname.to_owned(), if tls { 443 } else { 80 }),
+    }
+}
+
+/// Dials a host's firehose.
+pub fn connect(
+    hostname: &str,
+    no_tls: bool,
+    cursor: Option<i64>,
+    allow_private: bool,
+) -> Result<WebSocket<MaybeTlsStream<TcpStream>>, ConnectError> {
+    let scheme = if no_tls { "ws" } else { "wss" };
+    let (name, port) = split_host(hostname, !no_tls);
+    let q = cursor.map(|c| format!("?cursor={c}")).unwrap_or_default();
+    let url = format!("{scheme}://{hostname}/xrpc/com.atproto.sync.subscribeRepos{q}");
+    let tcp = crate::net::connect(&name, port, allow_private, Duration::from_secs(10))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(15)))?;
+    tcp.set_write_timeout(Some(Duration::from_secs(15)))?;
+    let _ = tcp.set_nodelay(true);
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+    if let Ok(ua) = format!("rlay/{} (atproto-relay)", env!("CARGO_PKG_VERSION")).parse() {
+        req.headers_mut().insert("User-Agent", ua);
+    }
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME));
+    let result = if no_tls {
+        tungstenite::client::client_with_config(req, MaybeTlsStream::Plain(tcp), Some(config))
+            .map_err(|e| ConnectError::Handshake(e.to_string()))
+    } else {
+        tungstenite::client_tls_with_config(req, tcp, Some(config), None)
+            .map_err(|e| ConnectError::Handshake(e.to_string()))
+    };
+    let (ws, resp) = result?;
+    if let Some(server) = resp.headers().get("server").and_then(|v| v.to_str().ok())
+        && server.to_ascii_lowercase().contains("atproto-relay")
+    {
+        return Err(ConnectError::IsRelay(server.to_owned()));
+    }
+    Ok(ws)
+}
+
+fn set_read_timeout(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, d: Duration) {
+    let s = match ws.get_mut() {
+        MaybeTlsStream::Plain(s) => s,
+        MaybeTlsStream::Rustls(s) => s.get_mut(),
+        _ => return,
+    };
+    let _ = s.set_read_timeout(Some(d));
+}
+
+impl Upstream {
+    fn stopping(&self, host: &HostHandle) -> bool {
+        self.shutdown.load(Ordering::Relaxed) || host.kill.load(Ordering::Relaxed)
+    }
+
+    fn sleep(&self, host: &HostHandle, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until && !self.stopping(host) {
+            std::thread::sleep(Duration::from_millis(100).min(d));
+        }
+    }
+
+    fn set_status(&self, host: &HostHandle, s: HostStatus) {
+        if host.status() != s {
+            host.set_status(s);
+            if let Err(e) = self.store.set_host_status(host.id, s) {
+                log::error!(
+                    "upstream {}: could not store status {}: {e}",
+                    host.hostname,
+                    s.as_str()
+                );
+            }
+        }
+    }
+
+    /// Starts the host's connection thread unless one is running.
+    pub fn spawn(self: &Arc<Self>, host: Arc<HostHandle>) -> bool {
+        if host.running.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        host.kill.store(false, Ordering::SeqCst);
+        let me = self.clone();
+        let h = host.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("host {}", host.hostname))
+            .stack_size(2 << 20)
+            .spawn(move || {
+                me.run(&h);
+                h.running.store(false, Ordering::SeqCst);
+                h.connected.store(false, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            log::error!(
+                "upstream {}: cannot start its thread: {e} (raise the thread limit)",
+                host.hostname
+            );
+            host.running.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    fn run(&self, host: &Arc<HostHandle>) {
+        let mut failures: u32 = 0;
+        loop {
+            if self.stopping(host) || host.status() == HostStatus::Banned {
+                return;
+            }
+            let cursor = Some(host.safe_cursor()).filter(|c| *c > 0);
+            let end = match connect(&host.hostname, host.no_tls, cursor, self.cfg.allow_insecure) {
+                Ok(ws) => {
+                    log::info!(
+                        "upstream {}: connected (cursor {:?})",
+                        host.hostname,
+                        cursor
+                    );
+                    if host.status() != HostStatus::Banned {
+                        self.set_status(host, HostStatus::Active);
+                    }
+                    host.connected.store(true, Ordering::SeqCst);
+                    let end = self.session(host, ws);
+                    host.connected.store(false, Ordering::SeqCst);
+                    end
+                }
+                Err(ConnectError::IsRelay(server)) => {
+                    log::warn!(
+                        "upstream {}: refusing to crawl a relay (Server: {server}); host banned",
+                        host.hostname
+                    );
+                    self.set_status(host, HostStatus::Banned);
+                    return;
+                }
+                Err(e) => End::NoProgress(e.to_string()),
+            };
+            match end {
+                End::Killed => return,
+                End::FutureCursor => {
+                    log::warn!(
+                        "upstream {}: our cursor {:?} is ahead of the host (it lost its history?); marking idle, will re-probe in {:?} without a cursor",
+                        host.hostname,
+                        cursor,
+                        self.cfg.idle_retry
+                    );
+                    self.set_status(host, HostStatus::Idle);
+                    host.reset_cursor();
+                    self.sleep(host, self.cfg.idle_retry);
+                    continue;
+                }
+                End::Progress(why) => {
+                    failures = 0;
+                    log::info!(
+                        "upstream {}: disconnected ({why}); reconnecting",
+                        host.hostname
+                    );
+                }
+                End::NoProgress(why) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(5) {
+                        log::warn!(
+                            "upstream {}: connection failed {failures} time(s) in a row: {why}",
+                            host.hostname
+                        );
+                    }
+                }
+            }
+            metrics::counter!("rlay_upstream_reconnects_total").increment(1);
+            let delay = if failures >= self.cfg.failures_before_offline {
+                if host.status() != HostStatus::Offline {
+                    log::warn!(
+                        "upstream {}: offline after {failures} failures; re-probing every {:?}",
+                        host.hostname,
+                        self.cfg.offline_retry
+                    );
+                }
+                self.set_status(host, HostStatus::Offline);
+                self.cfg.offline_retry
+            } else {
+                // Exponential backoff with full jitter: 0..min(max, 1s * 2^n).
+                let cap = Duration::from_millis(1000u64.saturating_mul(1 << failures.min(16)))
+                    .min(self.cfg.max_backoff);
+                let jitter = (crate::verify::now_us() as u64 % 1000) as f64 / 1000.0;
+                if failures == 0 {
+                    Duration::from_millis(100)
+                } else {
+                    cap.mul_f64(0.5 + jitter / 2.0)
+                }
+            };
+            self.sleep(host, delay);
+        }
+    }
+
+    fn session(&self, host: &Arc<HostHandle>, mut ws: WebSocket<MaybeTlsStream<TcpStream>>) -> End {
+        let poll = self
+            .cfg
+            .ping_after
+            .min(Duration::from_secs(5))
+            .max(Duration::from_millis(100));
+        set_read_timeout(&mut ws, poll);
+        let mut session = Session::new(host.clone());
+        let mut limiter = Limiter::new(host, self.cfg.base_rate);
+        let mut last_data = Instant::now();
+        let mut pinged = false;
+        // Any frame from the host (even a pong) shows the connection worked; only a session
+        // that never heard from the host counts as a failure for backoff.
+        let mut events = 0u64;
+        let end = |events: u64, why: String| {
+            if events > 0 {
+                End::Progress(why)
+            } else {
+                End::NoProgress(why)
+            }
+        };
+        loop {
+            if self.stopping(host) {
+                let _ = ws.close(None);
+                let _ = ws.flush();
+                return End::Killed;
+            }
+            match ws.read() {
+                Ok(Message::Binary(b)) => {
+                    last_data = Instant::now();
+                    pinged = false;
+                    limiter.acquire(&|| self.stopping(host));
+                    match session.handle(&self.pipeline, &b) {
+                        FrameResult::Continue => events += 1,
+                        FrameResult::FutureCursor => return End::FutureCursor,
+                        FrameResult::Reconnect(why) => return end(events, why),
+                    }
+                }
+                Ok(Message::Text(_)) => {
+                    metrics::counter!("rlay_bad_frames_total", "reason" => "text_frame")
+                        .increment(1);
+                    return end(events, "text frame on the firehose".into());
+                }
+                Ok(Message::Close(_)) => return end(events, "closed by the host".into()),
+                Ok(_) => {
+                    last_data = Instant::now();
+                    pinged = false;
+                    events += 1;
+                }
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    let quiet = last_data.elapsed();
+                    if quiet >= self.cfg.stall_timeout {
+                        return end(
+                            events,
+                            format!("no data for {quiet:?} (stalled connection)"),
+                        );
+                    }
+                    if quiet >= self.cfg.ping_after && !pinged {
+                        let _ = ws.send(Message::Ping(Bytes::new()));
+                        pinged = true;
+                    }
+                }
+                Err(tungstenite::Error::Capacity(e)) => {
+                    metrics::counter!("rlay_bad_frames_total", "reason" => "too_large")
+                        .increment(1);
+                    return end(events, format!("frame too large: {e}"));
+                }
+                Err(e) => return end(events, e.to_string()),
+            }
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The whole relay, wired together: store, event stream, identity resolver, ingest pipeline,
+//! host connections, write-behind flusher, HTTP API and metrics.
+
+use crate::config::Config;
+use crate::http::api::{self, Api, Ctx, Extension};
+use crate::http::auth::{AdminAuth, random_password};
+use crate::http::front::{Front, Peers};
+use crate::identity::{Fetch, HttpFetch, Resolver, ResolverConfig};
+use crate::ingest::accounts::{Accounts, SUSPENDED, TAKENDOWN};
+use crate::ingest::crawl::{CrawlConfig, Crawler};
+use crate::ingest::flusher;
+use crate::ingest::hosts::{HostHandle, Hosts};
+use crate::ingest::pipeline::{Observer, Pipeline, PipelineConfig};
+use crate::ingest::upstream::{Upstream, UpstreamConfig};
+use crate::store::{HostStatus, Store};
+use crate::stream::firehose::{FirehoseConfig, Hub};
+use crate::stream::{Stream, StreamConfig};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Optional parts supplied by the caller (tests swap the identity source; the collection index
+/// plugs in as an observer and API extension).
+#[derive(Default)]
+pub struct Parts {
+    pub fetch: Option<Arc<dyn Fetch>>,
+    pub observer: Option<Arc<dyn Observer>>,
+    pub extensions: Vec<Arc<dyn Extension>>,
+}
+
+pub struct Relay {
+    pub cfg: Config,
+    pub store: Arc<dyn Store>,
+    pub hub: Arc<Hub>,
+    pub pipeline: Arc<Pipeline>,
+    pub hosts: Arc<Hosts>,
+    pub crawler: Arc<Crawler>,
+    pub upstream: Arc<Upstream>,
+    pub api_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    stream: Option<Stream>,
+    shutdown: Arc<AtomicBool>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| log::warn!("metrics: recorder not installed ({e})"))
+                .ok()
+        })
+        .clone()
+}
+
+/// The Prometheus text of every metric recorded in this process (tests read counters here).
+pub fn metrics_text() -> String {
+    metrics_handle().map(|h| h.render()).unwrap_or_default()
+}
+
+impl Relay {
+    pub fn start(cfg: &Config, parts: Parts) -> Result<Relay, String> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+        let store = crate::store::open(cfg.database_url.as_deref(), &cfg.data_dir)
+            .map_err(|e| e.to_string())?;
+        log::info!("store: {} ready", store.backend());
+
+        let stream = Stream::open(
+            &cfg.data_dir.join("events"),
+            StreamConfig {
+                ring_capacity: cfg.ring_capacity,
+                replay_window: cfg.replay_window,
+                initial_seq: cfg.initial_seq.max(1) as u64,
+                firehose: FirehoseConfig {
+                    stall_timeout: cfg.consumer_stall_timeout,
+                    ..FirehoseConfig::default()
+                },
+                ..StreamConfig::default()
+            },
+        )
+        .map_err(|e| {
+            format!(
+                "cannot open the event log in {}: {e}",
+                cfg.data_dir.join("events").display()
+            )
+        })?;
+        if stream.opened.truncated_bytes > 0 {
+            log::warn!(
+                "event log: repaired a torn tail ({} bytes cut)",
+                stream.opened.truncated_bytes
+            );
+        }
+        log::info!(
+            "event log: {} segment(s), last seq {:?}",
+            stream.opened.segments,
+            stream.opened.last_seq
+        );
+        let hub = stream.hub.clone();
+
+        let fetch = parts
+            .fetch
+            .unwrap_or_else(|| Arc::new(HttpFetch::new(&cfg.plc_host, cfg.allow_insecure_hosts)));
+        let resolver = Resolver::start(
+            fetch,
+            ResolverConfig {
+                threads: cfg.resolver_threads,
+                ..ResolverConfig::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+
+        let hosts = Arc::new(Hosts::default());
+        let mut after = 0;
+        loop {
+            let rows = store.list_hosts(after, 1000).map_err(|e| e.to_string())?;
+            let Some(last) = rows.last() else { break };
+            after = last.id;
+            for r in &rows {
+                hosts.insert(Arc::new(HostHandle::from_row(r)));
+            }
+        }
+        let accounts = Accounts::new(store.clone()).map_err(|e| e.to_string())?;
+        for status in [TAKENDOWN, SUSPENDED] {
+            let mut after = 0;
+            loop {
+                let rows = store
+                    .list_accounts_by_status(status, None, after, 1000)
+                    .map_err(|e| e.to_string())?;
+                let Some(last) = rows.last() else { break };
+                after = last.uid;
+                for r in rows {
+                    hub.hidden.hide(&r.did);
+                }
+            }
+        }
+        let pipeline = Arc::new(Pipeline {
+            accounts,
+            recovered: Default::default(),
+            resolver,
+            sequencer: stream.sequencer.clone(),
+            hosts: hosts.clone(),
+            hidden: hub.hidden.clone(),
+            cfg: PipelineConfig {
+                lenient: cfg.lenient_sync_validation,
+                optimistic: cfg.optimistic_validation,
+                ..PipelineConfig::default()
+            },
+            observer: parts.observer,
+        });
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let upstream = Arc::new(Upstream {
+            pipeline: pipeline.clone(),
+            store: store.clone(),
+            cfg: UpstreamConfig {
+                allow_insecure: cfg.allow_insecure_hosts,
+                stall_timeout: cfg.upstream_stall_timeout,
+                ping_after: (cfg.upstream_stall_timeout / 3).max(Duration::from_millis(500)),
+                idle_retry: cfg.idle_host_retry,
+                base_rate: cfg.host_event_rate,
+                ..UpstreamConfig::default()
+            },
+            shutdown: shutdown.clone(),
+        });
+        let crawler = Arc::new(
+            Crawler::new(
+                store.clone(),
+                hosts.clone(),
+                upstream.clone(),
+                CrawlConfig {
+                    allow_insecure: cfg.allow_insecure_hosts,
+                    default_account_limit: cfg.default_account_limit,
+                    trusted_account_limit: cfg.trusted_account_limit,
+                    trusted_domains: cfg.trusted_domains.clone(),
+                    new_hosts_per_day: cfg.new_hosts_per_day,
+                    disable_request_crawl: cfg.disable_request_crawl,
+                },
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        // Crash recovery: re-apply what the log holds beyond the stored account state.
+        let flushed = store
+            .get_meta(flusher::FLUSHED_SEQ)
+            .map_err(|e| e.to_string())?
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        match pipeline.recover(&hub.log, flushed) {
+            Ok(0) => {}
+            Ok(n) => log::info!(
+                "recovery: re-applied {n} logged event(s) after seq {flushed} to account state"
+            ),
+            Err(e) => return Err(format!("cannot read the event log for recovery: {e}")),
+        }
+        let flusher = flusher::spawn(
+            pipeline.clone(),
+            store.clone(),
+            hosts.clone(),
+            hub.ring.clone(),
+            Duration::from_secs(1),
+            shutdown.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+
+        let mut passwords = cfg.admin_passwords.clone();
+        if passwords.is_empty() {
+            let pw = random_password();
+            log::warn!("RELAY_ADMIN_PASSWORD is not set; this run's admin password is {pw}");
+            passwords.push(pw);
+        }
+        let peers = Arc::new(Peers::default());
+        let ctx = Arc::new(Ctx {
+            store: store.clone(),
+            hub: hub.clone(),
+            pipeline: pipeline.clone(),
+            hosts: hosts.clone(),
+            crawler: crawler.clone(),
+            admin: AdminAuth::new(&passwords),
+            extensions: parts.extensions,
+        });
+        let backend = api::start(
+            Arc::new(Api {
+                peers: peers.clone(),
+                ctx: Some(ctx),
+            }),
+            4,
+        )
+        .map_err(|e| e.to_string())?;
+        let listener = TcpListener::bind(&cfg.api_listen).map_err(|e| {
+            format!(
+                "cannot listen on {} (RELAY_API_LISTEN): {e}",
+                cfg.api_listen
+            )
+        })?;
+        let api_addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let front = Arc::new(Front {
+            hub: hub.clone(),
+            backend,
+            peers,
+            shutdown: shutdown.clone(),
+        });
+        std::thread::Builder::new()
+            .name("api-accept".into())
+            .stack_size(1 << 20)
+            .spawn(move || front.run(listener))
+            .map_err(|e| e.to_string())?;
+
+        let metrics_addr = match metrics_handle() {
+            Some(h) if !cfg.metrics_listen.is_empty() => Some(
+                api::start_metrics(&cfg.metrics_listen, h)
+                    .map_err(|e| format!("{e} (RELAY_METRICS_LISTEN)"))?,
+            ),
+            _ => None,
+        };
+
+        for h in hosts.all() {
+            if h.status() != HostStatus::Banned {
+                upstream.spawn(h);
+            }
+        }
+        if let Some(boot) = cfg.bootstrap_host.clone() {
+            let c = crawler.clone();
+            let stop = shutdown.clone();
+            std::thread::Builder::new()
+                .name("bootstrap".into())
+                .stack_size(2 << 20)
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match c.bootstrap(&boot) {
+                            Ok(n) => {
+                                log::info!("bootstrap: {n} new host(s) from {boot}");
+                                return;
+                            }
+                            Err(e) => log::warn!(
+                                "bootstrap: listHosts from {boot} failed ({e}); retrying in 60s"
+                            ),
+                        }
+                        for _ in 0..600 {
+                            if stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        log::info!("relay: API and firehose on {api_addr}, metrics on {metrics_addr:?}");
+        Ok(Relay {
+            cfg: cfg.clone(),
+            store,
+            hub,
+            pipeline,
+            hosts,
+            crawler,
+            upstream,
+            api_addr,
+            metrics_addr,
+            stream: Some(stream),
+            shutdown,
+            flusher: Some(flusher),
+        })
+    }
+
+    /// Stops reading upstreams, flushes account state and cursors, syncs the log, and closes
+    /// consumers.
+    pub fn shutdown(mut self) {
+        log::info!("relay: shutting down");
+        self.shutdown.store(true, Ordering::SeqCst);
+        for h in self.hosts.all() {
+            h.kill.store(true, Ordering::SeqCst);
+        }
+        // Give host threads a moment to leave their read loops.
+        for _ in 0..30 {
+            if self
+                .hosts
+                .all()
+                .iter()
+                .all(|h| !h.running.load(Ordering::SeqCst))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Some(f) = self.flusher.take() {
+            let _ = f.join();
+        }
+        if let Some(s) = self.stream.take() {
+            s.shutdown();
+        }
+        log::info!("relay: stopped");
+    }
+}

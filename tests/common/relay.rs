@@ -1,0 +1,151 @@
+//! A relay on temp dirs for tests, plus firehose consumer helpers.
+
+use rlay::cli::Args;
+use rlay::config::Config;
+use rlay::frame::{self, Event};
+use rlay::relay::{Parts, Relay};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+pub const ADMIN_PW: &str = "test-admin-pw";
+
+/// Relay configuration for tests; `extra` flags override the defaults.
+pub fn config(
+    data_dir: &std::path::Path,
+    plc: &str,
+    database_url: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Config {
+    let mut flags: Vec<(String, String)> = vec![
+        ("data-dir".into(), data_dir.display().to_string()),
+        ("api-listen".into(), "127.0.0.1:0".into()),
+        ("metrics-listen".into(), "".into()),
+        ("admin-password".into(), ADMIN_PW.into()),
+        ("plc-host".into(), plc.into()),
+        ("bootstrap-host".into(), "".into()),
+        ("allow-insecure-hosts".into(), "true".into()),
+        ("trusted-domains".into(), "localhost".into()),
+        ("upstream-stall-timeout".into(), "3s".into()),
+        ("idle-host-retry".into(), "2s".into()),
+        ("resolver-threads".into(), "2".into()),
+    ];
+    if let Some(u) = database_url {
+        flags.push(("database-url".into(), u.into()));
+    }
+    for (k, v) in extra {
+        flags.retain(|(f, _)| f != k);
+        flags.push(((*k).into(), (*v).into()));
+    }
+    let mut argv = vec!["serve".to_owned()];
+    for (k, v) in flags {
+        argv.push(format!("--{k}={v}"));
+    }
+    Config::load(&Args::parse(argv)).expect("test config")
+}
+
+pub fn start(cfg: &Config) -> Relay {
+    Relay::start(cfg, Parts::default()).expect("relay starts")
+}
+
+/// Polls `f` until it holds or `secs` pass.
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Asks the relay to crawl every host and waits until all are connected.
+pub fn crawl_all(relay: &Relay, hosts: &[String]) {
+    for h in hosts {
+        relay
+            .crawler
+            .request_crawl(h, true)
+            .unwrap_or_else(|e| panic!("crawl {h}: {e}"));
+    }
+    wait_until(30, "every host connected", || {
+        hosts.iter().all(|h| {
+            relay
+                .hosts
+                .by_name(h)
+                .is_some_and(|x| x.connected.load(std::sync::atomic::Ordering::SeqCst))
+        })
+    });
+}
+
+pub type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+pub fn subscribe(addr: SocketAddr, cursor: Option<u64>) -> Ws {
+    let url = match cursor {
+        Some(c) => format!("ws://{addr}/xrpc/com.atproto.sync.subscribeRepos?cursor={c}"),
+        None => format!("ws://{addr}/xrpc/com.atproto.sync.subscribeRepos"),
+    };
+    let (mut ws, _) = tungstenite::connect(url).expect("subscribe to the relay");
+    if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+    }
+    ws
+}
+
+/// Reads the relay's whole stream from `cursor` up to its current head.
+pub fn read_until_head(relay: &Relay, cursor: u64) -> Vec<Event> {
+    let head = relay.hub.ring.head();
+    let mut ws = subscribe(relay.api_addr, Some(cursor));
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = cursor;
+    while last < head {
+        assert!(
+            Instant::now() < deadline,
+            "stream stalled at {last} of {head}"
+        );
+        match ws.read() {
+            Ok(Message::Binary(b)) => {
+                let e = frame::decode(&b).expect("relay frames decode strictly");
+                if let Some(s) = e.seq() {
+                    last = s as u64;
+                }
+                out.push(e);
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                // Events of taken-down accounts are skipped on replay: stop once nothing comes.
+                if relay.hub.ring.head() == head {
+                    break;
+                }
+            }
+            Err(e) => panic!("firehose read failed: {e}"),
+        }
+    }
+    out
+}
+
+/// Waits until the relay's head stops moving.
+pub fn settle(relay: &Relay) {
+    let mut last = relay.hub.ring.head();
+    let mut still = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while still < 8 {
+        assert!(Instant::now() < deadline, "relay never went quiet");
+        std::thread::sleep(Duration::from_millis(100));
+        let h = relay.hub.ring.head();
+        if h == last && relay.pipeline.resolver.pending() == 0 {
+            still += 1;
+        } else {
+            still = 0;
+            last = h;
+        }
+    }
+}

@@ -1,0 +1,563 @@
+//! The relay end to end: the simulated network → the relay → firehose consumers.
+
+mod common;
+
+use common::relay::{config, crawl_all, read_until_head, settle, start, subscribe, wait_until};
+use rlay::frame::Event;
+use rlay::relay::{Relay, metrics_text};
+use rlay::sim::fault::FaultKind;
+use rlay::sim::traffic::{Rng, random_action};
+use rlay::sim::{LedgerEntry, Sim, SimConfig, Status};
+use rlay::store::HostStatus;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+type Key = (String, &'static str, String);
+
+fn key(e: &LedgerEntry) -> Key {
+    (e.did.clone(), e.kind, e.key.clone())
+}
+
+/// Checks that the relay's stream holds each expected event exactly once, nothing else, with
+/// increasing seqs and each account's events in the order its PDS emitted them.
+fn assert_delivered_exactly(out: &[Event], expected: &[LedgerEntry]) {
+    let mut seen: HashMap<Key, usize> = HashMap::new();
+    let mut last_seq = 0;
+    let mut per_did_out: HashMap<String, Vec<Key>> = HashMap::new();
+    for e in out {
+        let seq = e.seq().expect("seq");
+        assert!(
+            seq > last_seq,
+            "relay seqs increase ({last_seq} then {seq})"
+        );
+        last_seq = seq;
+        let (did, kind, k) = LedgerEntry::key_of(e).expect("persisted event");
+        *seen.entry((did.clone(), kind, k.clone())).or_default() += 1;
+        per_did_out
+            .entry(did.clone())
+            .or_default()
+            .push((did, kind, k));
+    }
+    let mut per_did_exp: HashMap<String, Vec<Key>> = HashMap::new();
+    for x in expected {
+        let n = seen.get(&key(x)).copied().unwrap_or(0);
+        assert_eq!(n, 1, "{} {} {} delivered {n} times", x.kind, x.did, x.key);
+        per_did_exp.entry(x.did.clone()).or_default().push(key(x));
+    }
+    assert_eq!(out.len(), expected.len(), "no event beyond the valid ones");
+    for (did, exp) in per_did_exp {
+        assert_eq!(
+            per_did_out.get(&did),
+            Some(&exp),
+            "per-account order for {did}"
+        );
+    }
+}
+
+fn run_traffic(sim: &Sim, actions: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    for _ in 0..actions {
+        for p in random_action(&sim.world, &mut rng) {
+            sim.world.emit(p);
+        }
+    }
+}
+
+fn exactly_once(db: Option<String>) {
+    let sim = Sim::start(&SimConfig {
+        hosts: 20,
+        accounts_per_host: 3,
+        ..SimConfig::default()
+    })
+    .expect("sim");
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = start(&config(dir.path(), &sim.world.plc_url, db.as_deref(), &[]));
+    crawl_all(&relay, &sim.hostnames());
+    let before = sim.world.ledger().len();
+    run_traffic(&sim, 1500, 1);
+    let expected: Vec<LedgerEntry> = sim.world.ledger()[before..].to_vec();
+    wait_until(60, "every valid event sequenced", || {
+        relay.hub.ring.head() as usize >= expected.len()
+    });
+    settle(&relay);
+    let out = read_until_head(&relay, 0);
+    assert_delivered_exactly(&out, &expected);
+    for kind in ["#commit", "#identity", "#account", "#sync"] {
+        assert!(
+            out.iter().any(|e| e.type_name() == kind),
+            "the stream carried {kind}"
+        );
+    }
+    relay.shutdown();
+}
+
+#[test]
+fn every_valid_event_exactly_once_in_order_sqlite() {
+    exactly_once(None);
+}
+
+#[test]
+fn every_valid_event_exactly_once_in_order_postgres() {
+    if let Some(url) = common::pg::fresh_database() {
+        exactly_once(Some(url));
+    }
+}
+
+fn counter(name: &str, label: &str) -> f64 {
+    let text = metrics_text();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[test]
+fn faults_are_dropped_and_counted_and_nothing_else_is_lost() {
+    let kinds = [
+        FaultKind::ForgedSignature,
+        FaultKind::WrongKey,
+        FaultKind::BadBlockHash,
+        FaultKind::MissingBlocks,
+        FaultKind::WrongPrevData,
+        FaultKind::RevBackwards,
+        FaultKind::RepeatedSeq,
+        FaultKind::Impersonation,
+        FaultKind::NonCanonical,
+        FaultKind::OversizeFrame,
+        FaultKind::Garbage,
+        FaultKind::Stall,
+        FaultKind::Disconnect,
+    ];
+    let sim = Sim::start(&SimConfig {
+        hosts: kinds.len() + 3,
+        accounts_per_host: 3,
+        ..SimConfig::default()
+    })
+    .expect("sim");
+    for (i, k) in kinds.iter().enumerate() {
+        sim.world.hosts[i].set_fault(Some((*k, if k.is_connection_level() { 40 } else { 6 })));
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = start(&config(dir.path(), &sim.world.plc_url, None, &[]));
+    let before_metrics = (
+        counter("rlay_validation_failures_total", "signature"),
+        counter("rlay_bad_frames_total", "invalid_cbor"),
+        counter("rlay_events_dropped_total", "wrong_host"),
+    );
+    crawl_all(&relay, &sim.hostnames());
+    let before = sim.world.ledger().len();
+    run_traffic(&sim, 1800, 2);
+    let expected: Vec<LedgerEntry> = sim.world.ledger()[before..].to_vec();
+    // Stalled connections recover after the 3s stall timeout; wait for every valid event.
+    wait_until(90, "every valid event sequenced", || {
+        relay.hub.ring.head() as usize >= expected.len()
+    });
+    settle(&relay);
+    let out = read_until_head(&relay, 0);
+    assert_delivered_exactly(&out, &expected);
+    for (rule, label) in [
+        ("rlay_validation_failures_total", "rule=\"signature\""),
+        ("rlay_validation_failures_total", "rule=\"block_hash\""),
+        ("rlay_validation_failures_total", "rule=\"missing_block\""),
+        (
+            "rlay_validation_failures_total",
+            "rule=\"inversion_mismatch\"",
+        ),
+        ("rlay_events_ignored_total", "reason=\"stale_rev\""),
+        ("rlay_events_dropped_total", "reason=\"seq_not_increasing\""),
+        ("rlay_events_dropped_total", "reason=\"wrong_host\""),
+        ("rlay_bad_frames_total", "reason=\"invalid_cbor\""),
+        ("rlay_bad_frames_total", "reason=\"too_large\""),
+        ("rlay_upstream_reconnects_total", ""),
+    ] {
+        assert!(counter(rule, label) > 0.0, "{rule}{{{label}}} was counted");
+    }
+    assert!(counter("rlay_validation_failures_total", "signature") > before_metrics.0);
+    assert!(counter("rlay_bad_frames_total", "invalid_cbor") > before_metrics.1);
+    assert!(counter("rlay_events_dropped_total", "wrong_host") > before_metrics.2);
+    relay.shutdown();
+}
+
+#[test]
+fn restarted_pds_goes_idle_then_comes_back() {
+    let sim = Sim::start(&SimConfig {
+        hosts: 1,
+        accounts_per_host: 2,
+        ..SimConfig::default()
+    })
+    .expect("sim");
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = start(&config(dir.path(), &sim.world.plc_url, None, &[]));
+    crawl_all(&relay, &sim.hostnames());
+    let did = sim.world.dids()[0].clone();
+    for i in 0..5 {
+        sim.world.post(&did, &format!("before {i}")).expect("post");
+    }
+    let host = relay.hosts.by_name(&sim.hostnames()[0]).expect("host");
+    wait_until(10, "events read", || host.safe_cursor() >= 5);
+    // The PDS loses its sequence; the relay's cursor is now in its future.
+    sim.world.emit(rlay::sim::Planned::Restart(0));
+    wait_until(10, "host marked idle", || host.status() == HostStatus::Idle);
+    wait_until(15, "host re-probed and active", || {
+        host.status() == HostStatus::Active && host.connected.load(Ordering::SeqCst)
+    });
+    let before = relay.hub.ring.head();
+    sim.world.post(&did, "after the restart").expect("post");
+    wait_until(10, "new events flow again", || {
+        relay.hub.ring.head() > before
+    });
+    relay.shutdown();
+}
+
+#[test]
+fn a_new_accounts_first_commit_is_verified_before_it_is_emitted() {
+    let sim = Sim::start(&SimConfig {
+        hosts: 1,
+        accounts_per_host: 1,
+        ..SimConfig::default()
+    })
+    .expect("sim");
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = start(&config(dir.path(), &sim.world.plc_url, None, &[]));
+    crawl_all(&relay, &sim.hostnames());
+    // A genuine new account: identity, account, first commit, all emitted after verification.
+    let did = sim.world.create_account(0, None).expect("account");
+    wait_until(10, "new account's events", || relay.hub.ring.head() >= 3);
+    settle(&relay);
+    let out = read_until_head(&relay, 0);
+    let kinds: Vec<&str> = out
+        .iter()
+        .filter(|e| e.did() == Some(did.as_str()))
+        .map(|e| e.type_name())
+        .collect();
+    assert_eq!(kinds, vec!["#identity", "#account", "#commit"]);
+
+    // A brand-new DID whose first commit is signed by a key its DID document does not list.
+    let forged_did = rlay::sim::plc_did("forged-newcomer");
+    let real = rlay::crypto::PrivateKey::from_seed(rlay::crypto::Curve::K256, b"real");
+    let other = rlay::crypto::PrivateKey::from_seed(rlay::crypto::Curve::K256, b"other");
+    sim.world.plc.set(
+        &forged_did,
+        rlay::sim::plc::did_document(
+            &forged_did,
+            "forged.h0.test",
+            &real.public(),
+            &sim.world.hosts[0].url(),
+        ),
+    );
+    let mut repo = rlay::repo::Repo::new(&forged_did, other);
+    let c = repo
+        .commit(
+            &[rlay::repo::Write::Create {
+                path: "app.bsky.feed.post/3l2222222222a".into(),
+                record: rlay::sim::traffic::post("hi", "2025-01-01T00:00:00Z"),
+            }],
+            "2025-01-01T00:00:00Z",
+        )
+        .expect("commit");
+    let head = relay.hub.ring.head();
+    sim.world
+        .emit(rlay::sim::Planned::Defect(0, Event::Commit(c)));
+    sim.world.post(&did, "marker").expect("post");
+    wait_until(10, "marker event", || relay.hub.ring.head() > head);
+    settle(&relay);
+    let out = read_until_head(&relay, head);
+    assert!(
+        out.iter().all(|e| e.did() != Some(forged_did.as_str())),
+        "the forged first commit was not emitted"
+    );
+    assert_eq!(out.len(), 1, "only the marker");
+    relay.shutdown();
+}
+
+fn account_event(out: &[Event], did: &str) -> Vec<(bool, Option<String>)> {
+    out.iter()
+        .filter_map(|e| match e {
+            Event::Account(a) if a.did == did => Some((a.active, a.status.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn takedown_round_trip(relay: &Relay, sim: &Sim) {
+    let did = sim.world.dids()[0].clone();
+    sim.world.post(&did, "visible").expect("post");
+    wait_until(10, "first post", || relay.hub.ring.head() >= 1);
+    settle(relay);
+    let mark = relay.hub.ring.head();
+    assert!(relay.pipeline.take_down(&did, "takendown"));
+    sim.world.post(&did, "hidden").expect("post");
+    sim.world
+        .post(&sim.world.dids()[1], "someone else")
+        .expect("post");
+    wait_until(10, "events after takedown", || {
+        relay.hub.ring.head() >= mark + 2
+    });
+    settle(relay);
+    let out = read_until_head(relay, mark);
+    assert_eq!(
+        account_event(&out, &did),
+        vec![(false, Some("takendown".into()))],
+        "#account announces the takedown"
+    );
+    assert!(
+        !out.iter()
+            .any(|e| matches!(e, Event::Commit(c) if c.repo == did)),
+        "no commits while taken down"
+    );
+    // Replay hides the account's earlier commits too.
+    let replay = read_until_head(relay, 0);
+    assert!(
+        !replay
+            .iter()
+            .any(|e| matches!(e, Event::Commit(c) if c.repo == did)),
+        "replay hides taken-down commits"
+    );
+    let mark = relay.hub.ring.head();
+    assert!(relay.pipeline.reverse_take_down(&did));
+    sim.world.post(&did, "back").expect("post");
+    wait_until(10, "events after reversal", || {
+        relay.hub.ring.head() >= mark + 2
+    });
+    settle(relay);
+    let out = read_until_head(relay, mark);
+    assert_eq!(account_event(&out, &did), vec![(true, None)]);
+    assert!(
+        out.iter()
+            .any(|e| matches!(e, Event::Commit(c) if c.repo == did)),
+        "commits flow again"
+    );
+}
+
+#[test]
+fn takedown_deactivation_and_migration_follow_the_spec() {
+    if std::env::var("RLAY_TEST_LOG").is_ok() {
+        rlay::logging::init("debug");
+    }
+    let sim = Sim::start(&SimConfig {
+        hosts: 2,
+        accounts_per_host: 2,
+        ..SimConfig::default()
+    })
+    .expect("sim");
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = start(&config(dir.path(), &sim.world.plc_url, None, &[]));
+    crawl_all(&relay, &sim.hostnames());
+    takedown_round_trip(&relay, &sim);
+
+    // Deactivation at the PDS: passed through; commits while deactivated are dropped.
+    let did = sim.world.dids()[1].clone();
+    let mark = relay.hub.ring.head();
+    sim.world
+        .set_status(&did, Status::Deactivated)
+        .expect("deactivate");
+    sim.world
+        .force_commit(&did)
+        .expect("commit while deactivated");
+    sim.world
+        .set_status(&did, Status::Active)
+        .expect("reactivate");
+    sim.world.post(&did, "back again").expect("post");
+    wait_until(10, "reactivation", || relay.hub.ring.head() >= mark + 3);
+    settle(&relay);
+    let out = read_until_head(&relay, mark);
+    let kinds: Vec<&str> = out.iter().map(|e| e.type_name()).collect();
+    assert_eq!(
+        kinds,
+        vec!["#account", "#account", "#commit"],
+        "the commit sent while deactivated was dropped"
+    );
+    assert_eq!(
+        account_event(&out, &did),
+        vec![(false, Some("deactivated".into())), (true, None)]
+    );
+
+    // Migration: the new host's events are accepted (new key), the old host's are ignored.
+    let did = sim.world.dids()[0].clone();
+    let mark = relay.hub.ring.head();
+    sim.world.migrate(&did, 1).expect("migrate");
+    sim.world.post(&did, "from the new host").expect("post");
+    wait_until(10, "migration events", || relay.hub.ring.head() >= mark + 4);
+    settle(&relay);
+    let out = read_until_head(&relay, mark);
+    let kinds: Vec<&str> = out.iter().map(|e| e.type_name()).collect();
+    assert_eq!(
+        kinds,
+        vec!["#identity", "#account", "#sync", "#commit"],
+        "old host's deactivation ignored"
+    );
+    let acct = relay
+        .pipeline
+        .accounts
+        .get(&did)
+        .expect("store")
+        .expect("account");
+    assert_eq!(
+        relay.hosts.get(acct.host_id).map(|h| h.hostname.clone()),
+        Some(sim.hostnames()[1].clone())
+    );
+    relay.shutdown();
+}
+
+#[test]
+fn takedown_round_trip_on_postgres() {
+    let Some(url) = common::pg::fresh_database() else {
+        return;
+    };
+    let sim = Sim::start(&SimConfig {
+        hosts: 1,
+        accounts_per_host: 2,
+        ..SimConfig::default()
+    })
+    .expect("sim");
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = start(&config(dir.path(), &sim.world.plc_url, Some(&url), &[]));
+    crawl_all(&relay, &sim.hostnames());
+    takedown_round_trip(&relay, &sim);
+    relay.shutdown();
+}
+
+#[test]
+fn accounts_over_the_host_limit_are_throttled_until_the_limit_rises() {
+    let sim = Sim::start(&SimConfig {
+        hosts: 1,
+        accounts_per_host: 4,
+        ..SimConfig::default()
+    })
+    .expect("sim");
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = start(&config(
+        dir.path(),
+        &sim.world.plc_url,
+        None,
+        &[("trusted-domains", ""), ("default-account-limit", "2")],
+    ));
+    crawl_all(&relay, &sim.hostnames());
+    let dids = sim.world.dids();
+    for d in &dids {
+        sim.world.post(d, "hello").expect("post");
+    }
+    wait_until(10, "two accounts' commits", || relay.hub.ring.head() >= 2);
+    settle(&relay);
+    let out = read_until_head(&relay, 0);
+    assert_eq!(
+        out.len(),
+        2,
+        "only the first two accounts pass; the others are throttled"
+    );
+    let throttled: Vec<String> = dids
+        .iter()
+        .filter(|d| !out.iter().any(|e| e.did() == Some(d.as_str())))
+        .cloned()
+        .collect();
+    assert_eq!(throttled.len(), 2);
+    let a = relay
+        .pipeline
+        .accounts
+        .get(&throttled[0])
+        .expect("store")
+        .expect("account");
+    assert_eq!(a.combined(), (false, Some("throttled".into())));
+    // Raise the limit through the admin API: throttled accounts are released with #account.
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let r = agent
+        .post(&format!("http://{}/admin/pds/changeLimits", relay.api_addr))
+        .header(
+            "Authorization",
+            &format!("Bearer {}", common::relay::ADMIN_PW),
+        )
+        .send_json(serde_json::json!({"host": sim.hostnames()[0], "repo_limit": 10}))
+        .expect("changeLimits");
+    assert_eq!(r.status().as_u16(), 200);
+    for d in &throttled {
+        sim.world.post(d, "now visible").expect("post");
+    }
+    wait_until(10, "released accounts", || relay.hub.ring.head() >= 6);
+    settle(&relay);
+    let out = read_until_head(&relay, 2);
+    for d in &throttled {
+        assert_eq!(
+            account_event(&out, d),
+            vec![(true, None)],
+            "#account for the released account"
+        );
+        assert!(
+            out.iter()
+                .any(|e| matches!(e, Event::Commit(c) if &c.repo == d))
+        );
+    }
+    relay.shutdown();
+}
+
+#[test]
+fn identity_handles_pass_only_when_the_did_document_agrees() {
+    let sim = Sim::start(&SimConfig {
+        hosts: 2,
+        accounts_per_host: 1,
+        ..SimConfig::default()
+    })
+    .expect("sim");
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = start(&config(dir.path(), &sim.world.plc_url, None, &[]));
+    crawl_all(&relay, &sim.hostnames());
+    let did = sim.world.dids()[0].clone();
+    sim.world
+        .set_handle(&did, "renamed.h0.test")
+        .expect("handle");
+    // The other host claims an identity event for this DID with a bogus handle.
+    sim.world.emit(rlay::sim::Planned::Defect(
+        1,
+        Event::Identity(rlay::frame::IdentityEvent {
+            seq: 0,
+            did: did.clone(),
+            time: sim.world.time_now(),
+            handle: Some("bogus.h1.test".into()),
+        }),
+    ));
+    wait_until(10, "identity events", || relay.hub.ring.head() >= 2);
+    settle(&relay);
+    let out = read_until_head(&relay, 0);
+    // The two events came from different hosts, so their relative order is not defined.
+    let mut handles: Vec<Option<String>> = out
+        .iter()
+        .filter_map(|e| match e {
+            Event::Identity(i) => Some(i.handle.clone()),
+            _ => None,
+        })
+        .collect();
+    handles.sort();
+    assert_eq!(
+        handles,
+        vec![None, Some("renamed.h0.test".into())],
+        "a handle from the wrong host is withheld"
+    );
+    relay.shutdown();
+}
+
+#[test]
+fn live_consumer_sees_new_events() {
+    let sim = Sim::start(&SimConfig {
+        hosts: 1,
+        accounts_per_host: 1,
+        ..SimConfig::default()
+    })
+    .expect("sim");
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = start(&config(dir.path(), &sim.world.plc_url, None, &[]));
+    crawl_all(&relay, &sim.hostnames());
+    let mut ws = subscribe(relay.api_addr, None);
+    wait_until(5, "consumer registered", || relay.hub.registry.count() == 1);
+    sim.world.post(&sim.world.dids()[0], "live").expect("post");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "live event arrives");
+        if let Ok(tungstenite::Message::Binary(b)) = ws.read() {
+            assert!(matches!(rlay::frame::decode(&b), Ok(Event::Commit(_))));
+            break;
+        }
+    }
+    relay.shutdown();
+}
