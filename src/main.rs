@@ -1,6 +1,11 @@
 //! The `rlay` binary: `serve`, `sim`, `migrate`, `audit-collections`.
 
 use rlay::cli::Args;
+
+/// mimalloc: per-thread free lists suit thousands of mostly idle host threads, and it returns
+/// memory to the OS promptly (zlay found the allocator choice decisive for its footprint).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rlay::config::Config;
 use std::process::ExitCode;
 
@@ -24,6 +29,14 @@ usage:
 Every RELAY_* variable has a flag: RELAY_API_LISTEN=... is --api-listen ...";
 
 fn main() -> ExitCode {
+    // No transparent huge pages for this process: the allocator asks for them, and with one
+    // thread per host every thread's first allocation would pin a whole 2 MiB page (4 GB of RSS
+    // at 2,750 hosts instead of a few hundred MB).
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!(
+            "warning: could not opt out of transparent huge pages ({e}); memory use will be higher"
+        );
+    }
     let args = Args::parse(std::env::args().skip(1));
     let cfg = match Config::load(&args) {
         Ok(c) => c,

@@ -262,9 +262,12 @@ pub fn connect(
     if let Ok(ua) = format!("rlay/{} (atproto-relay)", env!("CARGO_PKG_VERSION")).parse() {
         req.headers_mut().insert("User-Agent", ua);
     }
+    // Small buffers: thousands of mostly idle connections must not each pin 128 KiB.
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
-        .max_frame_size(Some(MAX_FRAME));
+        .max_frame_size(Some(MAX_FRAME))
+        .read_buffer_size(8 << 10)
+        .write_buffer_size(0);
     let result = if no_tls {
         tungstenite::client::client_with_config(req, MaybeTlsStream::Plain(tcp), Some(config))
             .map_err(|e| ConnectError::Handshake(e.to_string()))

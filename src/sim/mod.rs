@@ -134,6 +134,8 @@ pub struct World {
     accounts: RwLock<Vec<Arc<Mutex<SimAccount>>>>,
     by_did: RwLock<HashMap<String, usize>>,
     ledger: Mutex<Vec<LedgerEntry>>,
+    /// When each valid event was emitted (benchmarks measuring latency switch it on).
+    pub emit_clock: Mutex<Option<HashMap<String, Instant>>>,
     clock_us: AtomicI64,
     next_account: AtomicU64,
     seed: u64,
@@ -231,6 +233,14 @@ impl World {
             Planned::Valid(h, e) => {
                 // Record before publishing so a fast reader never sees an event the ledger lacks.
                 if let Some((did, kind, key)) = LedgerEntry::key_of(&e) {
+                    if let Some(clock) = self
+                        .emit_clock
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .as_mut()
+                    {
+                        clock.insert(key.clone(), Instant::now());
+                    }
                     self.ledger
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
@@ -719,6 +729,7 @@ impl Sim {
             accounts: RwLock::new(Vec::new()),
             by_did: RwLock::new(HashMap::new()),
             ledger: Mutex::new(Vec::new()),
+            emit_clock: Mutex::new(None),
             clock_us: AtomicI64::new(0),
             next_account: AtomicU64::new(0),
             seed: cfg.seed,

@@ -148,6 +148,7 @@ impl Hub {
         let _ = stream.set_read_timeout(Some(Duration::from_millis(1)));
         let written = Arc::new(AtomicU64::new(0));
         let config = WebSocketConfig::default()
+            .read_buffer_size(4 << 10)
             .max_message_size(Some(64 << 10))
             .max_frame_size(Some(64 << 10))
             .max_write_buffer_size(64 << 20);
