@@ -131,6 +131,16 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "File of NSIDs (one per line) to backfill besides those already seen.",
     ),
     (
+        "RELAY_BACKFILL_PAGE_SIZE",
+        "1000",
+        "DIDs asked for per backfill page (1-2000).",
+    ),
+    (
+        "RELAY_BACKFILL_PAGE_PAUSE",
+        "1s",
+        "Pause between backfill pages, to be gentle with the upstream.",
+    ),
+    (
         "RELAY_LOG_LEVEL",
         "info",
         "error, warn, info, debug or trace.",
@@ -172,6 +182,8 @@ pub struct Config {
     pub host_event_rate: u32,
     pub backfill_host: String,
     pub backfill_collections_file: Option<PathBuf>,
+    pub backfill_page_size: usize,
+    pub backfill_page_pause: Duration,
     pub log_level: String,
 }
 
@@ -306,6 +318,8 @@ impl Config {
                 .trim_end_matches('/')
                 .to_owned(),
             backfill_collections_file: backfill_file,
+            backfill_page_size: s.parse::<usize>("RELAY_BACKFILL_PAGE_SIZE")?.clamp(1, 2000),
+            backfill_page_pause: s.duration("RELAY_BACKFILL_PAGE_PAUSE")?,
             log_level: s.string("RELAY_LOG_LEVEL"),
         })
     }

@@ -24,7 +24,13 @@ usage:
       --admin-password PW       the relay's admin password (with --crawl)
       --fault KIND:FRACTION     give a fraction of the hosts a fault (repeatable)
       --prefill N               sign N events before emitting (for high rates)
+    rlay audit-collections --against URL [--sample N] [--relay URL]
+                             compare this relay's listReposByCollection with another
+                             relay's for N collections (default 20); exit 1 on differences
+      --relay URL               this relay (default http://<RELAY_API_LISTEN>)
   rlay version
+
+
 
 Every RELAY_* variable has a flag: RELAY_API_LISTEN=... is --api-listen ...";
 
@@ -59,6 +65,7 @@ fn main() -> ExitCode {
         },
         Some("serve") => serve(&cfg),
         Some("sim") => run_sim(&args),
+        Some("audit-collections") => audit(&args, &cfg),
         Some("version") | Some("--version") => {
             println!("rlay {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -175,6 +182,55 @@ fn crawl(relay: &str, password: &str, hosts: &[String]) {
             log::error!(
                 "sim: the relay at {relay} never accepted {h}; check --admin-password and that it allows insecure hosts"
             );
+        }
+    }
+}
+
+fn audit(args: &Args, cfg: &Config) -> ExitCode {
+    let Some(against) = args.flag("against") else {
+        eprintln!("audit-collections: --against URL is required (e.g. https://bsky.network)");
+        return ExitCode::from(2);
+    };
+    let n = match args.flag("sample").map(str::parse::<usize>) {
+        None => 20,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => {
+            eprintln!("audit-collections: --sample must be a positive integer");
+            return ExitCode::from(2);
+        }
+    };
+    let relay = args
+        .flag("relay")
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("http://{}", cfg.api_listen.replace("0.0.0.0", "127.0.0.1")));
+    let Some(password) = cfg.admin_passwords.first() else {
+        eprintln!(
+            "audit-collections: set RELAY_ADMIN_PASSWORD (the collection list comes from the relay's admin API)"
+        );
+        return ExitCode::from(2);
+    };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    match rlay::index::audit::run(
+        relay.trim_end_matches('/'),
+        against.trim_end_matches('/'),
+        n,
+        password,
+        seed,
+    ) {
+        Ok(report) => {
+            print!("{}", report.render(50));
+            if report.differences() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("audit-collections: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -6,11 +6,14 @@ use crate::http::api::{self, Api, Ctx, Extension};
 use crate::http::auth::{AdminAuth, random_password};
 use crate::http::front::{Front, Peers};
 use crate::identity::{Fetch, HttpFetch, Resolver, ResolverConfig};
+use crate::index::CollectionIndex;
+use crate::index::backfill::BackfillConfig;
+use crate::index::routes::IndexRoutes;
 use crate::ingest::accounts::{Accounts, SUSPENDED, TAKENDOWN};
 use crate::ingest::crawl::{CrawlConfig, Crawler};
 use crate::ingest::flusher;
 use crate::ingest::hosts::{HostHandle, Hosts};
-use crate::ingest::pipeline::{Observer, Pipeline, PipelineConfig};
+use crate::ingest::pipeline::{Pipeline, PipelineConfig};
 use crate::ingest::upstream::{Upstream, UpstreamConfig};
 use crate::store::{HostStatus, Store};
 use crate::stream::firehose::{FirehoseConfig, Hub};
@@ -21,12 +24,10 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Optional parts supplied by the caller (tests swap the identity source; the collection index
-/// plugs in as an observer and API extension).
+/// Optional parts supplied by the caller (tests swap the identity source; extra API routes).
 #[derive(Default)]
 pub struct Parts {
     pub fetch: Option<Arc<dyn Fetch>>,
-    pub observer: Option<Arc<dyn Observer>>,
     pub extensions: Vec<Arc<dyn Extension>>,
 }
 
@@ -38,6 +39,7 @@ pub struct Relay {
     pub hosts: Arc<Hosts>,
     pub crawler: Arc<Crawler>,
     pub upstream: Arc<Upstream>,
+    pub index: Arc<CollectionIndex>,
     pub api_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     stream: Option<Stream>,
@@ -115,6 +117,22 @@ impl Relay {
         )
         .map_err(|e| e.to_string())?;
 
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let index = Arc::new(
+            CollectionIndex::open(
+                &cfg.data_dir.join("collections"),
+                store.clone(),
+                BackfillConfig {
+                    host: cfg.backfill_host.clone(),
+                    collections_file: cfg.backfill_collections_file.clone(),
+                    page_size: cfg.backfill_page_size,
+                    pause: cfg.backfill_page_pause,
+                },
+                shutdown.clone(),
+            )
+            .map_err(|e| e.to_string())?,
+        );
+
         let hosts = Arc::new(Hosts::default());
         let mut after = 0;
         loop {
@@ -151,9 +169,8 @@ impl Relay {
                 optimistic: cfg.optimistic_validation,
                 ..PipelineConfig::default()
             },
-            observer: parts.observer,
+            observer: Some(index.writer.clone()),
         });
-        let shutdown = Arc::new(AtomicBool::new(false));
         let upstream = Arc::new(Upstream {
             pipeline: pipeline.clone(),
             store: store.clone(),
@@ -220,14 +237,20 @@ impl Relay {
             hosts: hosts.clone(),
             crawler: crawler.clone(),
             admin: AdminAuth::new(&passwords),
-            extensions: parts.extensions,
+            extensions: {
+                let mut e = parts.extensions;
+                e.push(Arc::new(IndexRoutes {
+                    index: index.clone(),
+                }));
+                e
+            },
         });
         let backend = api::start(
             Arc::new(Api {
                 peers: peers.clone(),
                 ctx: Some(ctx),
             }),
-            4,
+            8,
         )
         .map_err(|e| e.to_string())?;
         let listener = TcpListener::bind(&cfg.api_listen).map_err(|e| {
@@ -289,6 +312,16 @@ impl Relay {
                 })
                 .map_err(|e| e.to_string())?;
         }
+        index.backfill.resume();
+        crate::gauges::spawn(
+            crate::gauges::Sources {
+                hub: hub.clone(),
+                hosts: hosts.clone(),
+                pipeline: pipeline.clone(),
+            },
+            shutdown.clone(),
+        )
+        .map_err(|e| e.to_string())?;
         log::info!("relay: API and firehose on {api_addr}, metrics on {metrics_addr:?}");
         Ok(Relay {
             cfg: cfg.clone(),
@@ -298,6 +331,7 @@ impl Relay {
             hosts,
             crawler,
             upstream,
+            index,
             api_addr,
             metrics_addr,
             stream: Some(stream),
@@ -329,6 +363,7 @@ impl Relay {
         if let Some(f) = self.flusher.take() {
             let _ = f.join();
         }
+        self.index.stop();
         if let Some(s) = self.stream.take() {
             s.shutdown();
         }

@@ -74,6 +74,34 @@ pub enum Chain {
 pub struct Accepted {
     pub state: RepoState,
     pub chain: Chain,
+    /// Collections this commit's deletes left with no records (for the collection index).
+    pub emptied: Vec<String>,
+}
+
+/// The collections that `ops` deleted the last record of, judged from the new tree: MST keys are
+/// sorted, so a collection's keys are contiguous and it is empty exactly when neither neighbour
+/// of a deleted key is in it. A neighbour the proof does not include leaves the collection out
+/// (assumed non-empty), so the answer never drops a collection that still has records.
+pub fn emptied_collections(tree: &mut Tree<'_>, ops: &[crate::frame::RepoOp]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for op in ops.iter().filter(|o| o.action == "delete") {
+        let Some((collection, _)) = op.path.split_once('/') else {
+            continue;
+        };
+        if out.iter().any(|c| c == collection) {
+            continue;
+        }
+        let mut prefix = collection.as_bytes().to_vec();
+        prefix.push(b'/');
+        let Ok((below, above)) = tree.neighbors(op.path.as_bytes()) else {
+            continue;
+        };
+        let inside = |k: &Option<Vec<u8>>| k.as_ref().is_some_and(|k| k.starts_with(&prefix));
+        if !inside(&below) && !inside(&above) {
+            out.push(collection.to_owned());
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -349,6 +377,8 @@ pub fn verify_commit(
         }
     }
 
+    let emptied = emptied_collections(&mut tree, &evt.ops);
+
     // 28: operation inversion must reproduce the previous root.
     let expected = match (evt.prev_data, stored, &evt.since) {
         (Some(p), _, _) => Some(p),
@@ -392,6 +422,7 @@ pub fn verify_commit(
             data: sc.commit.data,
         },
         chain,
+        emptied,
     })
 }
 
@@ -424,5 +455,6 @@ pub fn verify_sync(
             data: sc.commit.data,
         },
         chain: Chain::First,
+        emptied: Vec::new(),
     })
 }

@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tiny_http::{Header, Method, Request, Response, Server};
 
-type Resp = Response<io::Cursor<Vec<u8>>>;
+pub type Resp = Response<io::Cursor<Vec<u8>>>;
 
 /// What the routes need from the running relay.
 pub struct Ctx {
@@ -724,6 +724,9 @@ impl Ctx {
                         &json!({"error": "Unauthorized", "message": "admin routes need HTTP Basic auth as user admin, or a Bearer password"}),
                     );
                     return with_header(r, "WWW-Authenticate", "Basic realm=\"rlay admin\"");
+                }
+                if let Some(resp) = self.extensions.iter().find_map(|e| e.handle(r, self)) {
+                    return resp;
                 }
                 self.admin(r)
             }

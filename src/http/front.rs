@@ -348,6 +348,23 @@ impl Front {
             );
             return Ok(());
         }
+        // The whole body is read here, in this connection's own thread, before tiny_http is
+        // involved: a client trickling its body ties up only itself, never a worker.
+        let already = (buf.len() - head.len).min(body_len);
+        let mut body = Vec::with_capacity(body_len);
+        body.extend_from_slice(&buf[head.len..head.len + already]);
+        let mut chunk = [0u8; 8192];
+        while body.len() < body_len {
+            let want = (body_len - body.len()).min(chunk.len());
+            let n = client.read(&mut chunk[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "client closed mid-body",
+                ));
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
         let mut backend = TcpStream::connect(self.backend)?;
         let local_port = backend.local_addr()?.port();
         self.peers.insert(local_port, peer);
@@ -366,22 +383,8 @@ impl Front {
                 out.extend_from_slice(b"\r\n");
             }
             out.extend_from_slice(b"Connection: close\r\n\r\n");
-            let already = (buf.len() - head.len).min(body_len);
-            out.extend_from_slice(&buf[head.len..head.len + already]);
+            out.extend_from_slice(&body);
             backend.write_all(&out)?;
-            let mut left = body_len - already;
-            let mut chunk = [0u8; 8192];
-            while left > 0 {
-                let n = client.read(&mut chunk[..left.min(8192)])?;
-                if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "client closed mid-body",
-                    ));
-                }
-                backend.write_all(&chunk[..n])?;
-                left -= n;
-            }
             io::copy(&mut backend, client)?;
             client.flush()
         })();

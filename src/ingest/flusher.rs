@@ -51,6 +51,14 @@ pub fn flush_once(
     }
     let n = accounts.len();
     let dids: Vec<String> = accounts.iter().map(|a| a.did.clone()).collect();
+    // The index must hold every change up to the log position recorded below.
+    if log_head > 0
+        && let Some(o) = &pipeline.observer
+        && !o.barrier()
+    {
+        pipeline.accounts.mark_dirty(&dids);
+        return Err("the collection index did not catch up within 30s".into());
+    }
     if pipeline
         .sequencer
         .barrier(Duration::from_secs(30))

@@ -43,10 +43,16 @@ impl Default for PipelineConfig {
     }
 }
 
-/// Told about accepted changes (the collection index listens).
+/// Told about accepted changes (the collection index listens). Calls happen before the event
+/// is handed to the sequencer, so once an event's seq is published its change is already queued
+/// and a `barrier` covers it: the flusher's recorded log position never runs ahead of what the
+/// observer has written (crash recovery replays from that position).
 pub trait Observer: Send + Sync {
-    fn commit(&self, did: &str, ops: &[crate::frame::RepoOp]);
+    /// An accepted commit: its ops, and the collections it deleted the last record of.
+    fn commit(&self, did: &str, ops: &[crate::frame::RepoOp], emptied: &[String]);
     fn account_deleted(&self, did: &str);
+    /// Returns once every change reported so far is written (false if that took too long).
+    fn barrier(&self) -> bool;
 }
 
 pub struct Pipeline {
@@ -129,6 +135,7 @@ impl Pipeline {
             Some(q) if q.len() >= max => Err(Box::new(item)),
             Some(q) => {
                 q.push_back(item);
+                metrics::histogram!("rlay_did_queue_depth").record(q.len() as f64);
                 Ok(None)
             }
             None => Ok(Some(item)),
@@ -358,6 +365,10 @@ impl Pipeline {
                         slot.dirty = true;
                     }
                     let (active, status) = a.combined();
+                    // Told before the event is sequenced: see `Observer`.
+                    if deleted && let Some(o) = &self.observer {
+                        o.account_deleted(did);
+                    }
                     self.sequencer.emit(Event::Account(AccountEvent {
                         seq: 0,
                         did: did.to_owned(),
@@ -367,12 +378,7 @@ impl Pipeline {
                     }))
                 });
                 match r {
-                    Ok(true) => {
-                        if deleted && let Some(o) = &self.observer {
-                            o.account_deleted(did);
-                        }
-                        Outcome::Done
-                    }
+                    Ok(true) => Outcome::Done,
                     Ok(false) => dropped("unknown_account"),
                     Err(_) => dropped("store_error"),
                 }
@@ -458,15 +464,15 @@ impl Pipeline {
                 }
                 a.repo = Some(acc.state.clone());
                 slot.dirty = true;
+                if let (Event::Commit(c), Some(o)) = (&item.event, &self.observer) {
+                    o.commit(did, &c.ops, &acc.emptied);
+                }
                 Apply::Emitted(self.sequencer.emit(item.event.clone()))
             });
             match applied {
                 Ok(Apply::Emitted(true)) => {
                     if acc.chain == Chain::Broken {
                         metrics::counter!("rlay_chain_breaks_total").increment(1);
-                    }
-                    if let (Event::Commit(c), Some(o)) = (&item.event, &self.observer) {
-                        o.commit(did, &c.ops);
                     }
                     return Outcome::Done;
                 }
@@ -490,7 +496,14 @@ impl Pipeline {
             };
             n += 1;
             match &ev {
-                Event::Commit(c) => self.recover_repo(&c.repo, &c.blocks, &c.rev),
+                Event::Commit(c) => {
+                    self.recover_repo(&c.repo, &c.blocks, &c.rev);
+                    // The index writer may not have written the last events before the crash;
+                    // adding pairs again is harmless.
+                    if let Some(o) = &self.observer {
+                        o.commit(&c.repo, &c.ops, &[]);
+                    }
+                }
                 Event::Sync(s) => self.recover_repo(&s.did, &s.blocks, &s.rev),
                 Event::Identity(i) => {
                     self.recovered
@@ -505,6 +518,11 @@ impl Pipeline {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner);
                     rec.seen.insert(seen_key("a", &a.did, &a.time));
+                    if a.status.as_deref() == Some("deleted")
+                        && let Some(o) = &self.observer
+                    {
+                        o.account_deleted(&a.did);
+                    }
                     // Relay-local statuses say nothing about the upstream one.
                     let upstream = match a.status.as_deref() {
                         _ if a.active => Some(ACTIVE.to_owned()),
@@ -586,6 +604,10 @@ impl Pipeline {
         let r = self.accounts.with(did, |slot| {
             if slot.account.as_ref().is_some_and(|a| a.local != ACTIVE) {
                 return false;
+            }
+            // Unverified, so no tree to judge emptied collections by: additions only.
+            if let (Event::Commit(c), Some(o)) = (&item.event, &self.observer) {
+                o.commit(did, &c.ops, &[]);
             }
             self.sequencer.emit(item.event.clone())
         });

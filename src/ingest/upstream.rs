@@ -120,14 +120,18 @@ pub struct Session {
     pub host: Arc<HostHandle>,
     last_seq: Option<u64>,
     warned: bool,
+    /// indigo's per-host counter, looked up once per connection rather than per frame.
+    received: metrics::Counter,
 }
 
 impl Session {
     pub fn new(host: Arc<HostHandle>) -> Session {
+        let received = metrics::counter!("events_received_counter", "pds" => host.hostname.clone());
         Session {
             host,
             last_seq: None,
             warned: false,
+            received,
         }
     }
 
@@ -141,7 +145,7 @@ impl Session {
     /// Decodes one binary frame and passes its event on.
     pub fn handle(&mut self, pipeline: &Arc<Pipeline>, bytes: &Bytes) -> FrameResult {
         self.host.events_received.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("events_received_counter").increment(1);
+        self.received.increment(1);
         if bytes.len() > MAX_FRAME {
             metrics::counter!("rlay_bad_frames_total", "reason" => "too_large").increment(1);
             self.warn_once(format_args!(

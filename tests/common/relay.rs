@@ -149,3 +149,27 @@ pub fn settle(relay: &Relay) {
         }
     }
 }
+
+/// A simulated network whose accounts are created after the relay crawled every host, so the
+/// relay sees each account's whole history. `extra` flags go to the relay.
+pub fn live_network(
+    hosts: usize,
+    per_host: usize,
+    extra: &[(&str, &str)],
+) -> (rlay::sim::Sim, tempfile::TempDir, Relay) {
+    let sim = rlay::sim::Sim::start(&rlay::sim::SimConfig {
+        hosts,
+        accounts_per_host: 0,
+        ..rlay::sim::SimConfig::default()
+    })
+    .expect("sim");
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = start(&config(dir.path(), &sim.world.plc_url, None, extra));
+    crawl_all(&relay, &sim.hostnames());
+    for h in 0..hosts {
+        for _ in 0..per_host {
+            sim.world.create_account(h, None).expect("account");
+        }
+    }
+    (sim, dir, relay)
+}
