@@ -147,13 +147,7 @@ fn reads(dir: &std::path::Path) {
         let page = relay
             .index
             .db
-            .page(
-                "app.bsky.feed.post",
-                Some(&dids_all[at]),
-                1000,
-                20_000,
-                |_| true,
-            )
+            .page("app.bsky.feed.post", Some(&dids_all[at]), 1000)
             .expect("page");
         scan_ms.push(t.elapsed().as_secs_f64() * 1e3);
         assert_eq!(page.dids.len(), 1000);

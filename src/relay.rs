@@ -345,6 +345,8 @@ impl Relay {
     pub fn shutdown(mut self) {
         log::info!("relay: shutting down");
         self.shutdown.store(true, Ordering::SeqCst);
+        // Wake the API acceptor so it sees the flag and releases the port.
+        let _ = std::net::TcpStream::connect_timeout(&self.api_addr, Duration::from_secs(1));
         for h in self.hosts.all() {
             h.kill.store(true, Ordering::SeqCst);
         }

@@ -54,6 +54,17 @@ fn banner_health_cors_and_unknown_routes() {
     let server = format!("rlay/{} (atproto-relay)", env!("CARGO_PKG_VERSION"));
     assert_eq!(a.header("server"), Some(server.as_str()));
     assert_eq!(a.header("access-control-allow-origin"), Some("*"));
+    // One request per connection, and clients are told so: a keep-alive client never sends a
+    // request down a connection the relay is closing.
+    assert_eq!(a.header("connection"), Some("close"));
+    let keep_alive = http::agent();
+    for _ in 0..50 {
+        let r = keep_alive
+            .get(&format!("{b}/xrpc/_health"))
+            .call()
+            .expect("sequential requests on a keep-alive client");
+        assert_eq!(r.status().as_u16(), 200);
+    }
     for p in ["/_health", "/xrpc/_health"] {
         let a = get(&b, p, Auth::None);
         assert_eq!((a.status, &a.json), (200, &json!({"status": "ok"})), "{p}");

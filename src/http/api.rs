@@ -809,6 +809,7 @@ impl Api {
             "Access-Control-Allow-Origin",
             "*",
         );
+
         let _ = req.respond(resp);
     }
 }

@@ -174,6 +174,37 @@ pub fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option
 }
 
 /// A minimal complete response written directly by the front (errors before an upgrade).
+/// Copies tiny_http's answer to the client, adding `Connection: close` to its head (tiny_http
+/// drops that header, and without it clients would reuse a connection the front is closing).
+fn relay_response(backend: &mut TcpStream, client: &mut TcpStream) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "response head too large",
+            ));
+        }
+        let n = backend.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "backend closed early",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    client.write_all(&buf[..end + 2])?;
+    client.write_all(b"Connection: close\r\n")?;
+    client.write_all(&buf[end + 2..])?;
+    io::copy(backend, client)?;
+    client.flush()
+}
+
 pub fn write_json_error(
     stream: &mut TcpStream,
     status: u16,
@@ -193,10 +224,15 @@ pub fn write_json_error(
 
 impl Front {
     /// Accepts connections until shutdown. Blocks.
+    /// Accepts until shutdown. The accept blocks (a polling loop would add its poll interval to
+    /// every request's latency); shutdown wakes it with a connection of its own.
     pub fn run(self: Arc<Self>, listener: TcpListener) {
-        let _ = listener.set_nonblocking(true);
-        while !self.shutdown.load(Ordering::Relaxed) {
-            match listener.accept() {
+        loop {
+            let accepted = listener.accept();
+            if self.shutdown.load(Ordering::Relaxed) {
+                return;
+            }
+            match accepted {
                 Ok((stream, peer)) => {
                     let me = self.clone();
                     let spawned = std::thread::Builder::new()
@@ -208,9 +244,6 @@ impl Front {
                             "api: cannot start a thread for {peer}: {e} (raise the process thread limit)"
                         );
                     }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20))
                 }
                 Err(e) => {
                     log::warn!("api: accept failed: {e}");
@@ -385,8 +418,7 @@ impl Front {
             out.extend_from_slice(b"Connection: close\r\n\r\n");
             out.extend_from_slice(&body);
             backend.write_all(&out)?;
-            io::copy(&mut backend, client)?;
-            client.flush()
+            relay_response(&mut backend, client)
         })();
         self.peers.remove(local_port);
         let _ = client.shutdown(Shutdown::Both);

@@ -68,8 +68,7 @@ pub enum Change {
 /// A page of DIDs, and where the next page starts.
 pub struct Page {
     pub dids: Vec<String>,
-    /// The last DID read (kept or filtered out) when more may follow: the next page starts
-    /// after it.
+    /// The last DID read, when more follow: the next page starts after it.
     pub next: Option<String>,
 }
 
@@ -188,15 +187,11 @@ impl CollectionDb {
     }
 
     /// Up to `limit` DIDs with records in `collection`, in DID order, after `after` (exclusive).
-    /// `keep` filters DIDs out (inactive accounts) without ending the page early; at most
-    /// `scan_budget` keys are read so a run of filtered DIDs cannot make one request unbounded.
     pub fn page(
         &self,
         collection: &str,
         after: Option<&str>,
         limit: usize,
-        scan_budget: usize,
-        mut keep: impl FnMut(&str) -> bool,
     ) -> Result<Page, IndexError> {
         let (rbc, _) = self.cfs()?;
         let mut it = self.db.raw_iterator_cf_opt(rbc, prefix_bounds(collection));
@@ -209,19 +204,14 @@ impl CollectionDb {
             }
             None => it.seek_to_first(),
         }
-        let mut dids = Vec::with_capacity(limit.min(2000));
-        let mut scanned = 0;
-        let mut last: Option<String> = None;
+        let mut dids: Vec<String> = Vec::with_capacity(limit.min(2000));
         while let Some(k) = it.key() {
-            if dids.len() >= limit || scanned >= scan_budget {
-                return Ok(Page { dids, next: last });
+            if dids.len() >= limit {
+                let next = dids.last().cloned();
+                return Ok(Page { dids, next });
             }
-            scanned += 1;
             if let Some(did) = second(k) {
-                if keep(&did) {
-                    dids.push(did.clone());
-                }
-                last = Some(did);
+                dids.push(did);
             }
             it.next();
         }

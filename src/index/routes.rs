@@ -47,26 +47,39 @@ impl IndexRoutes {
                     })?,
             ),
         };
-        // Accounts the relay knows to be inactive are left out; DIDs known only from a backfill
-        // are listed, as the upstream listed them.
-        let keep = |did: &str| match ctx.pipeline.accounts.lookup(did) {
-            Ok(Some(a)) => a.combined().0,
-            _ => true,
+        // Accounts the relay knows to be inactive are left out (looked up a page at a time);
+        // DIDs known only from a backfill are listed, as the upstream listed them. A run of
+        // inactive accounts is skipped, but at most `scan_budget` keys per request.
+        let scan_budget = (limit * 10).max(MIN_SCAN_BUDGET);
+        let mut dids: Vec<String> = Vec::with_capacity(limit);
+        let mut scanned = 0;
+        let mut from = after;
+        let next = loop {
+            let want = limit - dids.len();
+            let page = self
+                .index
+                .db
+                .page(collection, from.as_deref(), want)
+                .map_err(internal)?;
+            scanned += page.dids.len();
+            let known = ctx
+                .pipeline
+                .accounts
+                .lookup_many(&page.dids)
+                .map_err(internal)?;
+            dids.extend(
+                page.dids
+                    .into_iter()
+                    .filter(|d| known.get(d).is_none_or(|a| a.combined().0)),
+            );
+            match page.next {
+                Some(n) if dids.len() < limit && scanned < scan_budget => from = Some(n),
+                other => break other,
+            }
         };
-        let page = self
-            .index
-            .db
-            .page(
-                collection,
-                after.as_deref(),
-                limit,
-                (limit * 10).max(MIN_SCAN_BUDGET),
-                keep,
-            )
-            .map_err(internal)?;
-        let repos: Vec<_> = page.dids.iter().map(|d| json!({ "did": d })).collect();
+        let repos: Vec<_> = dids.iter().map(|d| json!({ "did": d })).collect();
         let mut body = json!({ "repos": repos });
-        if let Some(next) = page.next {
+        if let Some(next) = next {
             body["cursor"] = json!(URL_SAFE_NO_PAD.encode(next.as_bytes()));
         }
         Ok(json_response(200, &body))

@@ -166,6 +166,26 @@ impl Accounts {
         }
     }
 
+    /// Many accounts at once for reads (API): memory first, the rest in batched store queries.
+    /// DIDs with no account are absent from the map.
+    pub fn lookup_many(&self, dids: &[String]) -> Result<HashMap<String, Account>, StoreError> {
+        let mut out = HashMap::with_capacity(dids.len());
+        let mut missing = Vec::new();
+        for d in dids {
+            match self.peek(d) {
+                Some(Some(a)) => {
+                    out.insert(d.clone(), a);
+                }
+                Some(None) => {}
+                None => missing.push(d.clone()),
+            }
+        }
+        for row in self.store.accounts_by_dids(&missing)? {
+            out.insert(row.did.clone(), Account::from_row(row));
+        }
+        Ok(out)
+    }
+
     /// A copy of the account, if it exists.
     pub fn get(&self, did: &str) -> Result<Option<Account>, StoreError> {
         self.with(did, |s| s.account.clone())

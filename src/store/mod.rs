@@ -170,6 +170,8 @@ pub trait Store: Send + Sync {
     fn set_host_account_limit(&self, id: i64, limit: i64) -> Result<()>;
 
     fn account_by_did(&self, did: &str) -> Result<Option<AccountRow>>;
+    /// The stored accounts among `dids` (unknown ones are absent), in any order.
+    fn accounts_by_dids(&self, dids: &[String]) -> Result<Vec<AccountRow>>;
     /// Accounts with uid > `after_uid` in uid order.
     fn list_accounts(&self, after_uid: i64, limit: usize) -> Result<Vec<AccountRow>>;
     /// Accounts with a given local status, in uid order (takedown lists, un-throttling).
@@ -201,6 +203,9 @@ pub trait Store: Send + Sync {
 }
 
 /// Current time in unix milliseconds (the unit of every stored timestamp).
+/// DIDs per `IN (...)` query.
+pub const DIDS_PER_QUERY: usize = 500;
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -189,6 +189,18 @@ impl Store for PgStore {
             .pop())
     }
 
+    fn accounts_by_dids(&self, dids: &[String]) -> Result<Vec<AccountRow>> {
+        let mut out = Vec::new();
+        for chunk in dids.chunks(super::DIDS_PER_QUERY) {
+            let params: Vec<&(dyn postgres::types::ToSql + Sync)> = chunk
+                .iter()
+                .map(|d| d as &(dyn postgres::types::ToSql + Sync))
+                .collect();
+            out.extend(self.query(&sql::accounts_by_dids(chunk.len()), &params, account_row)?);
+        }
+        Ok(out)
+    }
+
     fn list_accounts(&self, after_uid: i64, n: usize) -> Result<Vec<AccountRow>> {
         self.query(&sql::list_accounts(), &[&after_uid, &limit(n)], account_row)
     }

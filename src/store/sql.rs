@@ -55,6 +55,11 @@ pub fn list_hosts() -> String {
 pub fn account_by_did() -> String {
     format!("SELECT {ACCOUNT_COLS} FROM account WHERE did = ?")
 }
+/// `n` DIDs in one query (callers keep `n` in the hundreds).
+pub fn accounts_by_dids(n: usize) -> String {
+    let marks = vec!["?"; n.max(1)].join(", ");
+    format!("SELECT {ACCOUNT_COLS} FROM account WHERE did IN ({marks})")
+}
 pub fn list_accounts() -> String {
     format!("SELECT {ACCOUNT_COLS} FROM account WHERE uid > ? ORDER BY uid LIMIT ?")
 }

@@ -192,6 +192,18 @@ impl Store for SqliteStore {
         self.one(&sql::account_by_did(), [did], account_row)
     }
 
+    fn accounts_by_dids(&self, dids: &[String]) -> Result<Vec<AccountRow>> {
+        let mut out = Vec::new();
+        for chunk in dids.chunks(super::DIDS_PER_QUERY) {
+            out.extend(self.rows(
+                &sql::accounts_by_dids(chunk.len()),
+                rusqlite::params_from_iter(chunk.iter()),
+                account_row,
+            )?);
+        }
+        Ok(out)
+    }
+
     fn list_accounts(&self, after_uid: i64, n: usize) -> Result<Vec<AccountRow>> {
         self.rows(
             &sql::list_accounts(),
