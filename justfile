@@ -42,12 +42,12 @@ demo HOSTS="20" RATE="500":
     trap 'kill $relay $sim 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
     echo "relay on :3000 (firehose ws://localhost:3000/xrpc/com.atproto.sync.subscribeRepos), metrics on :3001"
     echo "logs: demo-relay.log demo-sim.log; Ctrl-C stops both"
-    seq_now() { curl -sf localhost:3001/metrics | awk '/^rlay_ring_head_seq /{print int($2)}'; }
+    seq_now() { curl -sf localhost:3001/metrics | awk '/^rlay_events_sequenced_total /{print int($2)}'; }
     last=$(seq_now || echo 0); last=${last:-0}
     while sleep 5; do
       now=$(seq_now || echo "$last"); now=${now:-$last}
       hosts=$(curl -sf localhost:3001/metrics | awk '/^rlay_hosts_connected /{print int($2)}')
-      echo "$(date +%T)  seq ${now}  $(( (now - last) / 5 )) verified events/s  ${hosts:-0} hosts connected"
+      echo "$(date +%T)  ${now} events  $(( (now - last) / 5 )) verified events/s  ${hosts:-0} hosts connected"
       last=$now
     done
 
