@@ -27,6 +27,16 @@ fn assert_error(a: &Answer, status: u16, error: &str, what: &str) {
     assert!(a.json["message"].is_string(), "{what}: an error message");
 }
 
+/// A public requestCrawl.
+fn crawl(b: &str, hostname: &str) -> Answer {
+    post(
+        b,
+        "/xrpc/com.atproto.sync.requestCrawl",
+        Auth::None,
+        Some(json!({ "hostname": hostname })),
+    )
+}
+
 /// A network with 3 hosts of 2 accounts, each account with a commit the relay has seen.
 fn network() -> (Sim, tempfile::TempDir, Relay) {
     let (sim, dir, relay) = live_network(3, 2, &[("admin-password", "test-admin-pw,second-pw")]);
@@ -453,12 +463,7 @@ fn host_routes_and_request_crawl() {
     })
     .expect("sim");
     let new_hosts = more.hostnames();
-    let a = post(
-        &b,
-        "/xrpc/com.atproto.sync.requestCrawl",
-        Auth::None,
-        Some(json!({"hostname": new_hosts[0]})),
-    );
+    let a = crawl(&b, &new_hosts[0]);
     assert_eq!(a.status, 200, "{}", a.text);
     let a = post(
         &b,
@@ -485,12 +490,7 @@ fn host_routes_and_request_crawl() {
         "requestCrawl without hostname",
     );
     assert_error(
-        &post(
-            &b,
-            "/xrpc/com.atproto.sync.requestCrawl",
-            Auth::None,
-            Some(json!({"hostname": "not a host!"})),
-        ),
+        &crawl(&b, "not a host!"),
         400,
         "InvalidRequest",
         "requestCrawl of a bad hostname",
@@ -509,12 +509,7 @@ fn host_routes_and_request_crawl() {
         json!({"banned_domains": ["banned.example"]})
     );
     assert_error(
-        &post(
-            &b,
-            "/xrpc/com.atproto.sync.requestCrawl",
-            Auth::None,
-            Some(json!({"hostname": "pds.banned.example"})),
-        ),
+        &crawl(&b, "pds.banned.example"),
         400,
         "HostBanned",
         "banned domain",
@@ -548,12 +543,7 @@ fn host_routes_and_request_crawl() {
         json!({"limit": 0})
     );
     assert_error(
-        &post(
-            &b,
-            "/xrpc/com.atproto.sync.requestCrawl",
-            Auth::None,
-            Some(json!({"hostname": third.hostnames()[0]})),
-        ),
+        &crawl(&b, &third.hostnames()[0]),
         429,
         "RateLimitExceeded",
         "over the daily limit",
@@ -573,12 +563,7 @@ fn host_routes_and_request_crawl() {
         json!({"enabled": false})
     );
     assert_error(
-        &post(
-            &b,
-            "/xrpc/com.atproto.sync.requestCrawl",
-            Auth::None,
-            Some(json!({"hostname": third.hostnames()[0]})),
-        ),
+        &crawl(&b, &third.hostnames()[0]),
         403,
         "Forbidden",
         "crawl requests disabled",
@@ -669,12 +654,7 @@ fn admin_host_controls() {
     );
     assert_eq!(a.json["status"], json!("banned"));
     assert_error(
-        &post(
-            &b,
-            "/xrpc/com.atproto.sync.requestCrawl",
-            Auth::None,
-            Some(json!({"hostname": host})),
-        ),
+        &crawl(&b, host),
         400,
         "HostBanned",
         "crawl of a blocked host",

@@ -5,14 +5,13 @@
 mod common;
 
 use common::http;
-use common::relay::{ADMIN_PW, live_network, settle, wait_until};
+use common::relay::{ADMIN_PW, free_port, live_network, settle, spawn_serve, wait_until};
 use rlay::relay::Relay;
 use rlay::sim::traffic::{Rng, random_action};
 use rlay::sim::{Sim, Status};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 fn get(base: &str, path: &str, admin: bool) -> (u16, Value) {
@@ -253,44 +252,22 @@ fn pagination_is_complete_and_stable_while_writes_go_on() {
     relay.shutdown();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
 fn spawn_backfiller(
     data: &std::path::Path,
     port: u16,
     upstream: &str,
     file: &std::path::Path,
 ) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rlay"))
-        .arg("serve")
-        .arg(format!("--data-dir={}", data.display()))
-        .arg(format!("--api-listen=127.0.0.1:{port}"))
-        .arg("--metrics-listen=")
-        .arg(format!("--admin-password={ADMIN_PW}"))
-        .arg("--bootstrap-host=")
-        .arg(format!("--backfill-host={upstream}"))
-        .arg(format!("--backfill-collections-file={}", file.display()))
-        .arg("--backfill-page-size=3")
-        .arg("--backfill-page-pause=150ms")
-        .env("RELAY_LOG_LEVEL", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start rlay serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("relay announces its address");
-    assert!(
-        line.contains("listening on"),
-        "unexpected first line: {line}"
-    );
-    child
+    spawn_serve(
+        data,
+        port,
+        &[
+            format!("--backfill-host={upstream}"),
+            format!("--backfill-collections-file={}", file.display()),
+            "--backfill-page-size=3".into(),
+            "--backfill-page-pause=150ms".into(),
+        ],
+    )
 }
 
 fn backfill_status(b: &str) -> Value {

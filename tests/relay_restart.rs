@@ -3,54 +3,23 @@
 
 mod common;
 
-use common::relay::ADMIN_PW;
+use common::relay::{ADMIN_PW, free_port, spawn_serve};
 use rlay::frame::{self, Event};
 use rlay::sim::{LedgerEntry, Sim, SimConfig};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tungstenite::Message;
 use tungstenite::stream::MaybeTlsStream;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
 fn spawn_relay(data: &std::path::Path, port: u16, plc: &str, db: Option<&str>) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rlay"));
-    cmd.arg("serve")
-        .arg(format!("--data-dir={}", data.display()))
-        .arg(format!("--api-listen=127.0.0.1:{port}"))
-        .arg("--metrics-listen=")
-        .arg(format!("--admin-password={ADMIN_PW}"))
-        .arg(format!("--plc-host={plc}"))
-        .arg("--bootstrap-host=")
-        .arg("--allow-insecure-hosts=true")
-        .arg("--trusted-domains=localhost")
-        .arg("--upstream-stall-timeout=3s")
-        .env("RELAY_LOG_LEVEL", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut extra = vec![format!("--plc-host={plc}")];
     if let Some(u) = db {
-        cmd.arg(format!("--database-url={u}"));
+        extra.push(format!("--database-url={u}"));
     }
-    let mut child = cmd.spawn().expect("start rlay serve");
-    let out = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(out)
-        .read_line(&mut line)
-        .expect("relay announces its address");
-    assert!(
-        line.contains("listening on"),
-        "unexpected first line: {line}"
-    );
-    child
+    spawn_serve(data, port, &extra)
 }
 
 fn admin_crawl(port: u16, host: &str) {

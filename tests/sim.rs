@@ -539,3 +539,53 @@ fn three_thousand_hosts_idle_at_no_cpu() {
         assert!(String::from_utf8_lossy(&body).contains("availableUserDomains"));
     }
 }
+
+#[test]
+fn plc_directory_registers_operations_posted_by_a_real_pds() {
+    let sim = Sim::start(&SimConfig::default()).expect("sim");
+    let key = rlay::crypto::PrivateKey::from_seed(rlay::crypto::Curve::K256, b"posted").public();
+    let did = "did:plc:postedpostedpostedposted";
+    let op = serde_json::json!({
+        "type": "plc_operation",
+        "rotationKeys": [key.to_did_key()],
+        "verificationMethods": {"atproto": key.to_did_key()},
+        "alsoKnownAs": ["at://posted.test"],
+        "services": {"atproto_pds": {"type": "AtprotoPersonalDataServer", "endpoint": "http://localhost:2583"}},
+        "prev": null,
+        "sig": "unchecked",
+    });
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let r = agent
+        .post(&format!("{}/{did}", sim.world.plc_url))
+        .send_json(&op)
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 200);
+    let ident = resolve(&sim, did);
+    assert_eq!(ident.key, Some(key));
+    assert_eq!(ident.pds.as_deref(), Some("http://localhost:2583"));
+    assert_eq!(ident.handle.as_deref(), Some("posted.test"));
+    let (status, body) = http_get(&format!("{}/{did}/log/last", sim.world.plc_url));
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).expect("json"),
+        op
+    );
+    let r = agent
+        .post(&format!("{}/{did}", sim.world.plc_url))
+        .send_json(serde_json::json!({"type": "plc_tombstone", "prev": "x", "sig": "y"}))
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(http_get(&format!("{}/{did}", sim.world.plc_url)).0, 410);
+    let r = agent
+        .post(&format!("{}/{did}", sim.world.plc_url))
+        .send_json(serde_json::json!({"type": "plc_operation"}))
+        .expect("post");
+    assert_eq!(
+        r.status().as_u16(),
+        400,
+        "an operation without keys is refused"
+    );
+}

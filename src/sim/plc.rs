@@ -1,5 +1,7 @@
 //! A PLC directory: `GET /{did}` returns the DID document, 404 for unknown DIDs and 410 for
-//! tombstoned ones. Documents change on key rotation and migration.
+//! tombstoned ones. Documents change on key rotation and migration. It also accepts `POST /{did}`
+//! of PLC operations (unverified: a test directory) and answers `/{did}/log/last` and
+//! `/{did}/data`, so a real PDS (Bluesky's reference implementation) can register accounts in it.
 
 use super::server::{self, respond_json};
 use crate::crypto::PublicKey;
@@ -40,6 +42,16 @@ enum Entry {
 #[derive(Default)]
 pub struct Plc {
     docs: RwLock<HashMap<String, Entry>>,
+    /// The last operation posted for each DID (only DIDs registered over HTTP have one).
+    ops: RwLock<HashMap<String, Value>>,
+}
+
+/// The DID document a posted PLC operation describes.
+fn document_of_op(did: &str, op: &Value) -> Option<Value> {
+    let key = PublicKey::from_did_key(op["verificationMethods"]["atproto"].as_str()?).ok()?;
+    let handle = op["alsoKnownAs"][0].as_str()?.strip_prefix("at://")?;
+    let pds = op["services"]["atproto_pds"]["endpoint"].as_str()?;
+    Some(did_document(did, handle, &key, pds))
 }
 
 impl Plc {
@@ -69,6 +81,33 @@ impl Plc {
         }
     }
 
+    fn post(
+        &self,
+        s: &mut std::net::TcpStream,
+        did: &str,
+        head: &crate::http::front::Head,
+        buf: &[u8],
+    ) {
+        let op: Option<Value> =
+            server::read_body(s, head, buf, 64 << 10).and_then(|b| serde_json::from_slice(&b).ok());
+        let Some(op) = op else {
+            return respond_json(s, 400, &json!({"message": "expected a JSON operation"}));
+        };
+        if op["type"] == "plc_tombstone" {
+            self.tombstone(did);
+        } else {
+            let Some(doc) = document_of_op(did, &op) else {
+                return respond_json(s, 400, &json!({"message": "unsupported operation"}));
+            };
+            self.set(did, doc);
+        }
+        self.ops
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(did.to_owned(), op);
+        respond_json(s, 200, &json!({}));
+    }
+
     /// Serves the directory on `listener`.
     pub fn serve(self: &Arc<Self>, listener: TcpListener) -> std::io::Result<SocketAddr> {
         let addr = listener.local_addr()?;
@@ -76,8 +115,26 @@ impl Plc {
         server::serve(
             listener,
             "sim-plc".into(),
-            Arc::new(move |mut s, head, _| {
-                let did = crate::http::front::percent_decode(head.path().trim_start_matches('/'));
+            Arc::new(move |mut s, head, buf| {
+                let path = crate::http::front::percent_decode(head.path().trim_start_matches('/'));
+                if head.method == "POST" {
+                    me.post(&mut s, &path, &head, &buf);
+                    return;
+                }
+                if let Some((did, what)) = path.split_once('/') {
+                    let ops = me.ops.read().unwrap_or_else(PoisonError::into_inner);
+                    match (ops.get(did), what) {
+                        (Some(op), "log/last") => respond_json(&mut s, 200, op),
+                        (Some(op), "data") => {
+                            let mut d = op.clone();
+                            d["did"] = json!(did);
+                            respond_json(&mut s, 200, &d)
+                        }
+                        _ => respond_json(&mut s, 404, &json!({"message": "not found"})),
+                    }
+                    return;
+                }
+                let did = path;
                 let docs = me.docs.read().unwrap_or_else(PoisonError::into_inner);
                 match docs.get(&did) {
                     Some(Entry::Live(doc)) => respond_json(&mut s, 200, doc),

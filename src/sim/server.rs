@@ -37,6 +37,21 @@ pub fn serve(listener: TcpListener, name: String, handler: Handler) -> io::Resul
     Ok(())
 }
 
+/// The request body after `head` (part of it may already be in `buf`), up to `max` bytes.
+pub fn read_body(stream: &mut TcpStream, head: &Head, buf: &[u8], max: usize) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let len: usize = head.header("content-length")?.trim().parse().ok()?;
+    if len > max {
+        return None;
+    }
+    let mut body = buf.get(head.len..)?.to_vec();
+    body.truncate(len);
+    let mut chunk = vec![0u8; len - body.len()];
+    stream.read_exact(&mut chunk).ok()?;
+    body.extend_from_slice(&chunk);
+    Some(body)
+}
+
 /// Binds 127.0.0.1:`port` (0 for any free port).
 pub fn bind(port: u16) -> io::Result<(TcpListener, SocketAddr)> {
     let l = TcpListener::bind(("127.0.0.1", port))?;

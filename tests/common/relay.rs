@@ -173,3 +173,41 @@ pub fn live_network(
     }
     (sim, dir, relay)
 }
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+/// `rlay serve` as its own process on `127.0.0.1:port` with the test defaults plus `extra`
+/// flags (`--name=value`); returns once it announces its address.
+pub fn spawn_serve(data: &std::path::Path, port: u16, extra: &[String]) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rlay"))
+        .arg("serve")
+        .arg(format!("--data-dir={}", data.display()))
+        .arg(format!("--api-listen=127.0.0.1:{port}"))
+        .arg("--metrics-listen=")
+        .arg(format!("--admin-password={ADMIN_PW}"))
+        .arg("--bootstrap-host=")
+        .arg("--allow-insecure-hosts=true")
+        .arg("--trusted-domains=localhost")
+        .arg("--upstream-stall-timeout=3s")
+        .args(extra)
+        .env("RELAY_LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start rlay serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("relay announces its address");
+    assert!(
+        line.contains("listening on"),
+        "unexpected first line: {line}"
+    );
+    child
+}
