@@ -51,6 +51,10 @@ demo HOSTS="20" RATE="500":
       last=$now
     done
 
+# Bluesky's verifying consumer and reference PDS against a live relay (needs node and npm)
+external:
+    tests/external/run.sh
+
 # Format the code
 fmt:
     cargo fmt

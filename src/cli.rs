@@ -52,4 +52,12 @@ impl Args {
     pub fn has(&self, name: &str) -> bool {
         self.flag(name).is_some()
     }
+
+    /// The first flag not in `known`, so a typo is reported instead of silently ignored.
+    pub fn unknown_flag<'a>(&'a self, known: &[&str]) -> Option<&'a str> {
+        self.flags
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .find(|k| !known.contains(k))
+    }
 }

@@ -23,7 +23,8 @@ usage:
       --crawl URL               ask this relay to crawl every host (admin requestCrawl)
       --admin-password PW       the relay's admin password (with --crawl)
       --fault KIND:FRACTION     give a fraction of the hosts a fault (repeatable)
-      --prefill N               sign N events before emitting (for high rates)
+            --prefill N               sign N events before emitting (for high rates)
+      --seed S                  seed for keys and traffic (default 1)
     rlay audit-collections --against URL [--sample N] [--relay URL]
                              compare this relay's listReposByCollection with another
                              relay's for N collections (default 20); exit 1 on differences
@@ -44,6 +45,21 @@ fn main() -> ExitCode {
         );
     }
     let args = Args::parse(std::env::args().skip(1));
+    let asked_for_help = args.has("help")
+        || matches!(args.command.as_deref(), Some("help" | "-h"))
+        || args.positional.iter().any(|p| p == "-h");
+    if asked_for_help {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if args.has("version") {
+        println!("rlay {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = check_args(&args) {
+        eprintln!("{e}\n\nrun `rlay --help` for the options");
+        return ExitCode::from(2);
+    }
     let cfg = match Config::load(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -66,7 +82,7 @@ fn main() -> ExitCode {
         Some("serve") => serve(&cfg),
         Some("sim") => run_sim(&args),
         Some("audit-collections") => audit(&args, &cfg),
-        Some("version") | Some("--version") => {
+        Some("version") => {
             println!("rlay {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
@@ -75,6 +91,44 @@ fn main() -> ExitCode {
             ExitCode::from(if args.command.is_none() { 0 } else { 2 })
         }
     }
+}
+
+/// Rejects options the command does not take, before anything starts: a mistyped flag would
+/// otherwise be ignored and the command would run with a default the operator did not want.
+fn check_args(args: &Args) -> Result<(), String> {
+    let own: &[&str] = match args.command.as_deref() {
+        Some("sim") => &[
+            "hosts",
+            "accounts-per-host",
+            "rate",
+            "plc-listen",
+            "first-port",
+            "crawl",
+            "admin-password",
+            "fault",
+            "prefill",
+            "seed",
+        ],
+        Some("audit-collections") => &["against", "sample", "relay"],
+        _ => &[],
+    };
+    let config: Vec<String> = rlay::config::VARS
+        .iter()
+        .map(|v| rlay::config::flag_name(v.0))
+        .collect();
+    let mut known: Vec<&str> = config.iter().map(String::as_str).collect();
+    known.extend_from_slice(own);
+    let command = args
+        .command
+        .as_deref()
+        .map_or("rlay".to_owned(), |c| format!("rlay {c}"));
+    if let Some(flag) = args.unknown_flag(&known) {
+        return Err(format!("{command}: unknown option --{flag}"));
+    }
+    if let Some(extra) = args.positional.first() {
+        return Err(format!("{command}: unexpected argument {extra:?}"));
+    }
+    Ok(())
 }
 
 fn run_sim(args: &Args) -> ExitCode {
