@@ -944,6 +944,7 @@ fn metrics_port_serves_the_documented_metrics() {
     let addr = relay.metrics_addr.expect("metrics listener");
     let names = [
         "events_received_counter{pds=",
+        "rlay_events_accepted_total{pds=",
         "rlay_events_sequenced_total",
         "events_sent_counter",
         "http_requests_total{",

@@ -104,9 +104,14 @@ fn every_valid_event_exactly_once_in_order_postgres() {
 }
 
 fn counter(name: &str, label: &str) -> f64 {
+    counter_with(name, &[label])
+}
+
+/// The sum of a metric's series that carry every one of `labels`.
+fn counter_with(name: &str, labels: &[&str]) -> f64 {
     let text = metrics_text();
     text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
 }
@@ -175,6 +180,34 @@ fn faults_are_dropped_and_counted_and_nothing_else_is_lost() {
     assert!(counter("rlay_validation_failures_total", "signature") > before_metrics.0);
     assert!(counter("rlay_bad_frames_total", "invalid_cbor") > before_metrics.1);
     assert!(counter("rlay_events_dropped_total", "wrong_host") > before_metrics.2);
+    // Refusals are attributed to the host that sent them, and only to it.
+    let host_of = |kind: FaultKind| {
+        let i = kinds.iter().position(|k| *k == kind).expect("kind");
+        format!("pds=\"{}\"", sim.hostnames()[i])
+    };
+    let impostor = host_of(FaultKind::Impersonation);
+    let forger = host_of(FaultKind::ForgedSignature);
+    let healthy = format!("pds=\"{}\"", sim.hostnames()[kinds.len()]);
+    let dropped = |pds: &str, reason: &str| {
+        counter_with(
+            "rlay_events_dropped_total",
+            &[pds, &format!("reason=\"{reason}\"")],
+        )
+    };
+    assert!(
+        dropped(&impostor, "wrong_host") > 0.0,
+        "wrong_host counted for the impostor"
+    );
+    assert!(
+        dropped(&forger, "invalid") > 0.0,
+        "invalid counted for the forger"
+    );
+    assert_eq!(
+        counter_with("rlay_events_dropped_total", &[&healthy]),
+        0.0,
+        "nothing dropped from a healthy host"
+    );
+    assert!(counter_with("rlay_events_accepted_total", &[&healthy]) > 0.0);
     relay.shutdown();
 }
 

@@ -80,7 +80,12 @@ fn seen_key(kind: &str, did: &str, time: &str) -> String {
 }
 
 enum Outcome {
-    Done,
+    /// Sequenced (or already in the log): goes out on the firehose.
+    Accepted,
+    /// A duplicate or replay: nothing to do, nothing wrong.
+    Ignored,
+    /// Refused, for this reason (a metric label).
+    Dropped(&'static str),
     /// Refresh the identity and process this item again.
     Retry(Box<Pending>),
 }
@@ -94,8 +99,18 @@ enum Apply {
 }
 
 fn dropped(reason: &'static str) -> Outcome {
-    metrics::counter!("rlay_events_dropped_total", "reason" => reason).increment(1);
-    Outcome::Done
+    Outcome::Dropped(reason)
+}
+
+/// Per-host counts, so an operator can see which PDS sends what gets refused. The label set is
+/// bounded by the host table (and the reasons by this file).
+fn count_dropped(host: &HostHandle, reason: &'static str) {
+    metrics::counter!("rlay_events_dropped_total", "reason" => reason, "pds" => host.hostname.clone())
+        .increment(1);
+}
+
+fn count_accepted(host: &HostHandle) {
+    metrics::counter!("rlay_events_accepted_total", "pds" => host.hostname.clone()).increment(1);
 }
 
 impl Pipeline {
@@ -107,7 +122,7 @@ impl Pipeline {
             return;
         };
         if !is_valid_did(&did) || !is_normalized_did(&did) {
-            dropped("bad_did");
+            count_dropped(host, "bad_did");
             host.end(seq);
             return;
         }
@@ -130,6 +145,7 @@ impl Pipeline {
 
     fn dispatch(self: &Arc<Self>, item: Pending, did: &str) {
         let max = self.cfg.max_pending_per_did;
+        let (host, seq) = (item.host.clone(), item.seq);
         // Join the DID's queue if it has one, so its events stay in order.
         let joined = self.accounts.with(did, |slot| match &mut slot.pending {
             Some(q) if q.len() >= max => Err(Box::new(item)),
@@ -149,14 +165,14 @@ impl Pipeline {
                     item.seq,
                     item.host.hostname
                 );
-                dropped("pending_queue_full");
+                count_dropped(&item.host, "pending_queue_full");
                 item.host.end(item.seq);
                 return;
             }
             Err(e) => {
                 log::error!("ingest: account store error for {did}: {e}; dropping the event");
-                metrics::counter!("rlay_events_dropped_total", "reason" => "store_error")
-                    .increment(1);
+                count_dropped(&host, "store_error");
+                host.end(seq);
                 return;
             }
         };
@@ -222,9 +238,13 @@ impl Pipeline {
     fn process(&self, item: Pending, did: &str, res: &Resolution) -> Outcome {
         let (host, seq) = (item.host.clone(), item.seq);
         let out = self.process_event(item, did, res);
-        if let Outcome::Done = out {
-            host.end(seq);
+        match out {
+            Outcome::Retry(_) => return out,
+            Outcome::Accepted => count_accepted(&host),
+            Outcome::Dropped(reason) => count_dropped(&host, reason),
+            Outcome::Ignored => {}
         }
+        host.end(seq);
         out
     }
 
@@ -296,7 +316,7 @@ impl Pipeline {
         {
             metrics::counter!("rlay_events_ignored_total", "reason" => "already_logged")
                 .increment(1);
-            return Outcome::Done;
+            return Outcome::Ignored;
         }
         match &item.event {
             Event::Identity(e) => {
@@ -326,7 +346,7 @@ impl Pipeline {
                 if !matches!(emitted, Ok(true)) {
                     return dropped("store_error");
                 }
-                Outcome::Done
+                Outcome::Accepted
             }
             Event::Account(e) => {
                 if !host_ok {
@@ -378,13 +398,13 @@ impl Pipeline {
                     }))
                 });
                 match r {
-                    Ok(true) => Outcome::Done,
+                    Ok(true) => Outcome::Accepted,
                     Ok(false) => dropped("unknown_account"),
                     Err(_) => dropped("store_error"),
                 }
             }
             Event::Commit(_) | Event::Sync(_) => self.process_repo_event(item, did, res, host_ok),
-            _ => Outcome::Done,
+            _ => Outcome::Ignored,
         }
     }
 
@@ -432,14 +452,14 @@ impl Pipeline {
             let verdict = match &item.event {
                 Event::Commit(c) => verify_commit(c, &key, stored.as_ref(), &opts),
                 Event::Sync(s) => verify_sync(s, &key, stored.as_ref(), &opts),
-                _ => return Outcome::Done,
+                _ => return Outcome::Ignored,
             };
             let acc = match verdict {
                 Ok(a) => a,
                 Err(e) if e.is_stale() => {
                     metrics::counter!("rlay_events_ignored_total", "reason" => "stale_rev")
                         .increment(1);
-                    return Outcome::Done;
+                    return Outcome::Ignored;
                 }
                 Err(e) if e.is_signature() && item.attempt == 0 => {
                     return Outcome::Retry(Box::new(Pending { attempt: 1, ..item }));
@@ -474,7 +494,7 @@ impl Pipeline {
                     if acc.chain == Chain::Broken {
                         metrics::counter!("rlay_chain_breaks_total").increment(1);
                     }
-                    return Outcome::Done;
+                    return Outcome::Accepted;
                 }
                 Ok(Apply::Emitted(false)) | Err(_) => return dropped("store_error"),
                 Ok(Apply::Changed(now)) => stored = now,
@@ -613,6 +633,7 @@ impl Pipeline {
         });
         if matches!(r, Ok(true)) {
             metrics::counter!("rlay_events_unverified_total").increment(1);
+            count_accepted(&item.host);
         }
         item.host.end(item.seq);
     }

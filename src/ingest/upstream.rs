@@ -198,7 +198,7 @@ impl Session {
             e => e.seq().unwrap_or(0),
         };
         if !(1..(1i64 << 53)).contains(&seq) || self.last_seq.is_some_and(|l| seq as u64 <= l) {
-            metrics::counter!("rlay_events_dropped_total", "reason" => "seq_not_increasing")
+            metrics::counter!("rlay_events_dropped_total", "reason" => "seq_not_increasing", "pds" => self.host.hostname.clone())
                 .increment(1);
             log::debug!(
                 "upstream {}: seq {seq} after {:?}; dropped",
