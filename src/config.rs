@@ -95,6 +95,11 @@ pub const VARS: &[(&str, &str, &str)] = &[
         "Floor for the relay's sequence numbers (jump ahead after a wipe).",
     ),
     (
+        "RELAY_ACCOUNT_CACHE_SIZE",
+        "500000",
+        "Accounts kept in memory (about 300 bytes each); others are read from the store when they next appear.",
+    ),
+    (
         "RELAY_RING_CAPACITY",
         "50000",
         "Frames kept in memory for fast replay and fan-out.",
@@ -175,6 +180,7 @@ pub struct Config {
     pub replay_window: Duration,
     pub initial_seq: i64,
     pub ring_capacity: usize,
+    pub account_cache_size: usize,
     pub consumer_stall_timeout: Duration,
     pub resolver_threads: usize,
     pub upstream_stall_timeout: Duration,
@@ -308,6 +314,7 @@ impl Config {
             replay_window: s.duration("RELAY_REPLAY_WINDOW")?,
             initial_seq: s.parse("RELAY_INITIAL_SEQ_NUMBER")?,
             ring_capacity: s.parse("RELAY_RING_CAPACITY")?,
+            account_cache_size: s.parse("RELAY_ACCOUNT_CACHE_SIZE")?,
             consumer_stall_timeout: s.duration("RELAY_CONSUMER_STALL_TIMEOUT")?,
             resolver_threads: s.parse::<usize>("RELAY_RESOLVER_THREADS")?.max(1),
             upstream_stall_timeout: s.duration("RELAY_UPSTREAM_STALL_TIMEOUT")?,

@@ -143,7 +143,8 @@ impl Relay {
                 hosts.insert(Arc::new(HostHandle::from_row(r)));
             }
         }
-        let accounts = Accounts::new(store.clone()).map_err(|e| e.to_string())?;
+        let accounts =
+            Accounts::new(store.clone(), cfg.account_cache_size).map_err(|e| e.to_string())?;
         for status in [TAKENDOWN, SUSPENDED] {
             let mut after = 0;
             loop {

@@ -64,14 +64,28 @@ fn run_traffic(sim: &Sim, actions: usize, seed: u64) {
 }
 
 fn exactly_once(db: Option<String>) {
+    exactly_once_with(db, 3, &[]);
+}
+
+/// Returns how many accounts the relay held in memory at the end.
+fn exactly_once_with(
+    db: Option<String>,
+    accounts_per_host: usize,
+    extra: &[(&str, &str)],
+) -> usize {
     let sim = Sim::start(&SimConfig {
         hosts: 20,
-        accounts_per_host: 3,
+        accounts_per_host,
         ..SimConfig::default()
     })
     .expect("sim");
     let dir = tempfile::tempdir().expect("dir");
-    let relay = start(&config(dir.path(), &sim.world.plc_url, db.as_deref(), &[]));
+    let relay = start(&config(
+        dir.path(),
+        &sim.world.plc_url,
+        db.as_deref(),
+        extra,
+    ));
     crawl_all(&relay, &sim.hostnames());
     let before = sim.world.ledger().len();
     run_traffic(&sim, 1500, 1);
@@ -88,7 +102,21 @@ fn exactly_once(db: Option<String>) {
             "the stream carried {kind}"
         );
     }
+    let in_memory = relay.pipeline.accounts.len();
     relay.shutdown();
+    in_memory
+}
+
+/// With room for one account per shard, accounts are evicted and reloaded from the store all
+/// the time; the stream must be exactly what it is with everything in memory.
+#[test]
+fn a_tiny_account_cache_loses_nothing() {
+    // 200 accounts over 64 shards; once everything is flushed, a shard keeps one.
+    let in_memory = exactly_once_with(None, 10, &[("account-cache-size", "1")]);
+    assert!(
+        in_memory <= 64,
+        "{in_memory} accounts in memory with a cache of one per shard"
+    );
 }
 
 #[test]

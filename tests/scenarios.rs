@@ -140,7 +140,7 @@ impl Harness {
         )
         .expect("resolver");
         let pipeline = Arc::new(Pipeline {
-            accounts: Accounts::new(store.clone()).expect("accounts"),
+            accounts: Accounts::new(store.clone(), 10_000).expect("accounts"),
             recovered: Default::default(),
             resolver,
             sequencer: stream.sequencer.clone(),

@@ -3,6 +3,11 @@
 //! Each DID has a slot (sharded by DID hash) with the account as stored, a dirty flag for the
 //! flusher, and — while its identity is being resolved — a queue of events waiting in order.
 //! A DID not in memory is loaded from the store on first sight.
+//!
+//! Memory is bounded: past its capacity a shard evicts slots that the store already holds
+//! exactly (not dirty, not being flushed, no events waiting), least recently used first
+//! (a CLOCK approximation: one "used since the last sweep" bit per slot). Without this the map
+//! would grow with every DID ever seen, including made-up DIDs from a hostile host.
 
 use super::hosts::HostHandle;
 use crate::cid::Cid;
@@ -100,12 +105,66 @@ pub struct Slot {
     pub account: Option<Account>,
     pub dirty: bool,
     pub pending: Option<VecDeque<Pending>>,
+    /// Taken by the flusher and not yet confirmed written: the store may still be behind.
+    flushing: bool,
+    /// Used since the last eviction sweep.
+    recent: bool,
+}
+
+impl Slot {
+    fn loaded(account: Option<Account>) -> Slot {
+        Slot {
+            account,
+            dirty: false,
+            pending: None,
+            flushing: false,
+            recent: true,
+        }
+    }
+
+    /// Whether dropping it loses nothing: the store has exactly this state.
+    fn evictable(&self) -> bool {
+        !self.dirty && !self.flushing && self.pending.is_none()
+    }
 }
 
 const SHARDS: usize = 64;
 
+struct Shard {
+    map: HashMap<String, Slot>,
+    /// Sweep when the map grows past this. Kept above what the last sweep could not evict, so
+    /// a shard full of dirty slots is not rescanned on every insert.
+    sweep_at: usize,
+}
+
+impl Shard {
+    /// Evicts clean slots unused since the last sweep, then, if that was not enough, clean
+    /// slots regardless, down to 90% of `cap`.
+    fn sweep(&mut self, cap: usize) {
+        let target = cap - cap / 10;
+        self.map.retain(|_, s| {
+            let keep = s.recent || !s.evictable();
+            s.recent = false;
+            keep
+        });
+        if self.map.len() > target {
+            let mut excess = self.map.len() - target;
+            self.map.retain(|_, s| {
+                if excess > 0 && s.evictable() {
+                    excess -= 1;
+                    return false;
+                }
+                true
+            });
+        }
+        self.sweep_at = cap.max(self.map.len() + cap / 10 + 1);
+    }
+}
+
 pub struct Accounts {
-    shards: Box<[Mutex<HashMap<String, Slot>>]>,
+    shards: Box<[Mutex<Shard>]>,
+    /// Slots per shard before a sweep.
+    shard_cap: usize,
     store: Arc<dyn Store>,
     next_uid: AtomicI64,
 }
@@ -115,13 +174,29 @@ fn shard_of(did: &str) -> usize {
 }
 
 impl Accounts {
-    pub fn new(store: Arc<dyn Store>) -> Result<Accounts, StoreError> {
+    /// `capacity`: accounts to keep in memory (spread over the shards; at least one each).
+    pub fn new(store: Arc<dyn Store>, capacity: usize) -> Result<Accounts, StoreError> {
         let max = store.max_account_uid()?;
+        let shard_cap = (capacity / SHARDS).max(1);
         Ok(Accounts {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        map: HashMap::new(),
+                        sweep_at: shard_cap,
+                    })
+                })
+                .collect(),
+            shard_cap,
             store,
             next_uid: AtomicI64::new(max + 1),
         })
+    }
+
+    fn shard(&self, did: &str) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[shard_of(did)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn new_uid(&self) -> i64 {
@@ -130,32 +205,26 @@ impl Accounts {
 
     /// Runs `f` on the DID's slot under its shard lock (loading it from the store if needed).
     pub fn with<R>(&self, did: &str, f: impl FnOnce(&mut Slot) -> R) -> Result<R, StoreError> {
-        let mut shard = self.shards[shard_of(did)]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !shard.contains_key(did) {
+        let mut shard = self.shard(did);
+        if !shard.map.contains_key(did) {
+            if shard.map.len() >= shard.sweep_at {
+                shard.sweep(self.shard_cap);
+            }
             let account = self.store.account_by_did(did)?.map(Account::from_row);
-            shard.insert(
-                did.to_owned(),
-                Slot {
-                    account,
-                    dirty: false,
-                    pending: None,
-                },
-            );
+            shard.map.insert(did.to_owned(), Slot::loaded(account));
         }
-        match shard.get_mut(did) {
-            Some(slot) => Ok(f(slot)),
+        match shard.map.get_mut(did) {
+            Some(slot) => {
+                slot.recent = true;
+                Ok(f(slot))
+            }
             None => Err(StoreError::Db("account slot vanished".into())),
         }
     }
 
     /// The account as held in memory, without loading it: `None` when it is not in memory.
     pub fn peek(&self, did: &str) -> Option<Option<Account>> {
-        let shard = self.shards[shard_of(did)]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        shard.get(did).map(|s| s.account.clone())
+        self.shard(did).map.get(did).map(|s| s.account.clone())
     }
 
     /// The current account for reads (API): memory first, else the store; never caches.
@@ -196,16 +265,18 @@ impl Accounts {
             .unwrap_or(false)
     }
 
-    /// Rows of every changed account (clearing their dirty flags).
+    /// Rows of every changed account (clearing their dirty flags). The slots stay in memory
+    /// until `flushed` or `mark_dirty` says how the write went.
     pub fn take_dirty(&self) -> Vec<AccountRow> {
         let mut out = Vec::new();
         let now = now_ms();
         for shard in self.shards.iter() {
             let mut s = shard.lock().unwrap_or_else(PoisonError::into_inner);
-            for slot in s.values_mut() {
+            for slot in s.map.values_mut() {
                 if slot.dirty {
                     slot.dirty = false;
                     if let Some(a) = &slot.account {
+                        slot.flushing = true;
                         let mut row = a.to_row();
                         row.updated_at = now;
                         out.push(row);
@@ -219,7 +290,26 @@ impl Accounts {
     /// Marks accounts dirty again (their batch failed to commit).
     pub fn mark_dirty(&self, dids: &[String]) {
         for d in dids {
-            let _ = self.with(d, |s| s.dirty = true);
+            if let Some(s) = self.shard(d).map.get_mut(d) {
+                s.dirty = true;
+                s.flushing = false;
+            }
+        }
+    }
+
+    /// The store now holds these accounts as taken: they may be evicted. Shards over capacity
+    /// are swept now, since new accounts arrive dirty and could not be evicted when inserted.
+    pub fn flushed(&self, dids: &[String]) {
+        for d in dids {
+            if let Some(s) = self.shard(d).map.get_mut(d) {
+                s.flushing = false;
+            }
+        }
+        for shard in self.shards.iter() {
+            let mut s = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            if s.map.len() > self.shard_cap {
+                s.sweep(self.shard_cap);
+            }
         }
     }
 
@@ -229,7 +319,8 @@ impl Accounts {
         for shard in self.shards.iter() {
             let s = shard.lock().unwrap_or_else(PoisonError::into_inner);
             out.extend(
-                s.values()
+                s.map
+                    .values()
                     .filter_map(|slot| slot.account.as_ref())
                     .filter(|a| pred(a))
                     .cloned(),
@@ -242,7 +333,7 @@ impl Accounts {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).map.len())
             .sum()
     }
 

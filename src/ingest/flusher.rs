@@ -82,6 +82,7 @@ pub fn flush_once(
         pipeline.accounts.mark_dirty(&dids);
         return Err(e.to_string());
     }
+    pipeline.accounts.flushed(&dids);
     for (id, c) in cursors {
         if let Some(h) = hosts.get(id) {
             h.persisted
