@@ -97,7 +97,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     (
         "RELAY_ACCOUNT_CACHE_SIZE",
         "500000",
-        "Accounts kept in memory (about 300 bytes each); others are read from the store when they next appear.",
+        "Accounts kept in memory (a few hundred bytes each); others are read from the store when they next appear.",
     ),
     (
         "RELAY_RING_CAPACITY",
