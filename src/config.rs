@@ -67,7 +67,7 @@ pub const VARS: &[(&str, &str, &str)] = &[
     (
         "RELAY_DEFAULT_ACCOUNT_LIMIT",
         "100",
-        "Accounts per untrusted host before new ones are `throttled`.",
+        "Accounts per untrusted host before new ones are `throttled` (deleted accounts do not count).",
     ),
     (
         "RELAY_TRUSTED_ACCOUNT_LIMIT",

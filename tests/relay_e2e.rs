@@ -553,6 +553,61 @@ fn accounts_over_the_host_limit_are_throttled_until_the_limit_rises() {
     relay.shutdown();
 }
 
+/// Unlike indigo, whose count includes deleted accounts forever, a deletion frees its place.
+#[test]
+fn a_deleted_account_frees_its_place_under_the_host_limit() {
+    let sim = Sim::start(&SimConfig {
+        hosts: 1,
+        accounts_per_host: 2,
+        ..SimConfig::default()
+    })
+    .expect("sim");
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = start(&config(
+        dir.path(),
+        &sim.world.plc_url,
+        None,
+        &[("trusted-domains", ""), ("default-account-limit", "2")],
+    ));
+    crawl_all(&relay, &sim.hostnames());
+    let dids = sim.world.dids();
+    for d in &dids {
+        sim.world.post(d, "hello").expect("post");
+    }
+    wait_until(10, "both accounts' commits", || relay.hub.ring.head() >= 2);
+    let host_count = || {
+        let url = format!(
+            "http://{}/xrpc/com.atproto.sync.getHostStatus?hostname={}",
+            relay.api_addr,
+            sim.hostnames()[0]
+        );
+        let body: serde_json::Value = ureq::get(&url)
+            .call()
+            .expect("getHostStatus")
+            .body_mut()
+            .read_json()
+            .expect("json");
+        body["accountCount"].as_i64()
+    };
+    settle(&relay);
+    assert_eq!(host_count(), Some(2));
+
+    sim.world
+        .set_status(&dids[0], Status::Deleted)
+        .expect("delete");
+    wait_until(10, "the deletion", || relay.hub.ring.head() >= 3);
+    let newcomer = sim.world.create_account(0, None).expect("account");
+    sim.world.post(&newcomer, "room for me").expect("post");
+    wait_until(10, "the newcomer's commit", || {
+        read_until_head(&relay, 3)
+            .iter()
+            .any(|e| matches!(e, Event::Commit(c) if c.repo == newcomer))
+    });
+    settle(&relay);
+    assert_eq!(host_count(), Some(2), "one deleted, one new");
+    relay.shutdown();
+}
+
 #[test]
 fn identity_handles_pass_only_when_the_did_document_agrees() {
     let sim = Sim::start(&SimConfig {

@@ -381,6 +381,18 @@ impl Pipeline {
                         return false;
                     };
                     if a.upstream != upstream {
+                        // A deleted account no longer counts against its host's limit (indigo
+                        // counts it forever, so busy hosts need manual limit raises).
+                        let delta = match (a.upstream == "deleted", deleted) {
+                            (false, true) => -1,
+                            (true, false) => 1,
+                            _ => 0,
+                        };
+                        if delta != 0
+                            && let Some(h) = self.hosts.get(a.host_id)
+                        {
+                            h.account_count.fetch_add(delta, Ordering::Relaxed);
+                        }
                         a.upstream = upstream;
                         slot.dirty = true;
                     }
