@@ -478,11 +478,12 @@ fn takedown_round_trip_on_postgres() {
     relay.shutdown();
 }
 
-#[test]
-fn accounts_over_the_host_limit_are_throttled_until_the_limit_rises() {
+/// One untrusted host with `accounts` accounts and an account limit of 2; every account has
+/// posted once and the first two commits are through.
+fn host_limited_to_two(accounts: usize) -> (Sim, tempfile::TempDir, Relay, Vec<String>) {
     let sim = Sim::start(&SimConfig {
         hosts: 1,
-        accounts_per_host: 4,
+        accounts_per_host: accounts,
         ..SimConfig::default()
     })
     .expect("sim");
@@ -499,6 +500,12 @@ fn accounts_over_the_host_limit_are_throttled_until_the_limit_rises() {
         sim.world.post(d, "hello").expect("post");
     }
     wait_until(10, "two accounts' commits", || relay.hub.ring.head() >= 2);
+    (sim, dir, relay, dids)
+}
+
+#[test]
+fn accounts_over_the_host_limit_are_throttled_until_the_limit_rises() {
+    let (sim, _dir, relay, dids) = host_limited_to_two(4);
     settle(&relay);
     let out = read_until_head(&relay, 0);
     assert_eq!(
@@ -556,25 +563,7 @@ fn accounts_over_the_host_limit_are_throttled_until_the_limit_rises() {
 /// Unlike indigo, whose count includes deleted accounts forever, a deletion frees its place.
 #[test]
 fn a_deleted_account_frees_its_place_under_the_host_limit() {
-    let sim = Sim::start(&SimConfig {
-        hosts: 1,
-        accounts_per_host: 2,
-        ..SimConfig::default()
-    })
-    .expect("sim");
-    let dir = tempfile::tempdir().expect("dir");
-    let relay = start(&config(
-        dir.path(),
-        &sim.world.plc_url,
-        None,
-        &[("trusted-domains", ""), ("default-account-limit", "2")],
-    ));
-    crawl_all(&relay, &sim.hostnames());
-    let dids = sim.world.dids();
-    for d in &dids {
-        sim.world.post(d, "hello").expect("post");
-    }
-    wait_until(10, "both accounts' commits", || relay.hub.ring.head() >= 2);
+    let (sim, _dir, relay, dids) = host_limited_to_two(2);
     let host_count = || {
         let url = format!(
             "http://{}/xrpc/com.atproto.sync.getHostStatus?hostname={}",
