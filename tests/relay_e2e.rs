@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::relay::{config, crawl_all, read_until_head, settle, start, subscribe, wait_until};
+use common::relay::{
+    config, crawl_all, crawled_network, read_until_head, settle, start, subscribe, wait_until,
+};
 use rlay::frame::Event;
 use rlay::relay::{Relay, metrics_text};
 use rlay::sim::fault::FaultKind;
@@ -73,20 +75,7 @@ fn exactly_once_with(
     accounts_per_host: usize,
     extra: &[(&str, &str)],
 ) -> usize {
-    let sim = Sim::start(&SimConfig {
-        hosts: 20,
-        accounts_per_host,
-        ..SimConfig::default()
-    })
-    .expect("sim");
-    let dir = tempfile::tempdir().expect("dir");
-    let relay = start(&config(
-        dir.path(),
-        &sim.world.plc_url,
-        db.as_deref(),
-        extra,
-    ));
-    crawl_all(&relay, &sim.hostnames());
+    let (sim, _dir, relay) = crawled_network(20, accounts_per_host, db.as_deref(), extra);
     let before = sim.world.ledger().len();
     run_traffic(&sim, 1500, 1);
     let expected: Vec<LedgerEntry> = sim.world.ledger()[before..].to_vec();
@@ -241,15 +230,7 @@ fn faults_are_dropped_and_counted_and_nothing_else_is_lost() {
 
 #[test]
 fn restarted_pds_goes_idle_then_comes_back() {
-    let sim = Sim::start(&SimConfig {
-        hosts: 1,
-        accounts_per_host: 2,
-        ..SimConfig::default()
-    })
-    .expect("sim");
-    let dir = tempfile::tempdir().expect("dir");
-    let relay = start(&config(dir.path(), &sim.world.plc_url, None, &[]));
-    crawl_all(&relay, &sim.hostnames());
+    let (sim, _dir, relay) = crawled_network(1, 2, None, &[]);
     let did = sim.world.dids()[0].clone();
     for i in 0..5 {
         sim.world.post(&did, &format!("before {i}")).expect("post");
@@ -272,15 +253,7 @@ fn restarted_pds_goes_idle_then_comes_back() {
 
 #[test]
 fn a_new_accounts_first_commit_is_verified_before_it_is_emitted() {
-    let sim = Sim::start(&SimConfig {
-        hosts: 1,
-        accounts_per_host: 1,
-        ..SimConfig::default()
-    })
-    .expect("sim");
-    let dir = tempfile::tempdir().expect("dir");
-    let relay = start(&config(dir.path(), &sim.world.plc_url, None, &[]));
-    crawl_all(&relay, &sim.hostnames());
+    let (sim, _dir, relay) = crawled_network(1, 1, None, &[]);
     // A genuine new account: identity, account, first commit, all emitted after verification.
     let did = sim.world.create_account(0, None).expect("account");
     wait_until(10, "new account's events", || relay.hub.ring.head() >= 3);
@@ -395,15 +368,7 @@ fn takedown_deactivation_and_migration_follow_the_spec() {
     if std::env::var("RLAY_TEST_LOG").is_ok() {
         rlay::logging::init("debug");
     }
-    let sim = Sim::start(&SimConfig {
-        hosts: 2,
-        accounts_per_host: 2,
-        ..SimConfig::default()
-    })
-    .expect("sim");
-    let dir = tempfile::tempdir().expect("dir");
-    let relay = start(&config(dir.path(), &sim.world.plc_url, None, &[]));
-    crawl_all(&relay, &sim.hostnames());
+    let (sim, _dir, relay) = crawled_network(2, 2, None, &[]);
     takedown_round_trip(&relay, &sim);
 
     // Deactivation at the PDS: passed through; commits while deactivated are dropped.
@@ -465,15 +430,7 @@ fn takedown_round_trip_on_postgres() {
     let Some(url) = common::pg::fresh_database() else {
         return;
     };
-    let sim = Sim::start(&SimConfig {
-        hosts: 1,
-        accounts_per_host: 2,
-        ..SimConfig::default()
-    })
-    .expect("sim");
-    let dir = tempfile::tempdir().expect("dir");
-    let relay = start(&config(dir.path(), &sim.world.plc_url, Some(&url), &[]));
-    crawl_all(&relay, &sim.hostnames());
+    let (sim, _dir, relay) = crawled_network(1, 2, Some(&url), &[]);
     takedown_round_trip(&relay, &sim);
     relay.shutdown();
 }
@@ -481,20 +438,12 @@ fn takedown_round_trip_on_postgres() {
 /// One untrusted host with `accounts` accounts and an account limit of 2; every account has
 /// posted once and the first two commits are through.
 fn host_limited_to_two(accounts: usize) -> (Sim, tempfile::TempDir, Relay, Vec<String>) {
-    let sim = Sim::start(&SimConfig {
-        hosts: 1,
-        accounts_per_host: accounts,
-        ..SimConfig::default()
-    })
-    .expect("sim");
-    let dir = tempfile::tempdir().expect("dir");
-    let relay = start(&config(
-        dir.path(),
-        &sim.world.plc_url,
+    let (sim, dir, relay) = crawled_network(
+        1,
+        accounts,
         None,
         &[("trusted-domains", ""), ("default-account-limit", "2")],
-    ));
-    crawl_all(&relay, &sim.hostnames());
+    );
     let dids = sim.world.dids();
     for d in &dids {
         sim.world.post(d, "hello").expect("post");
@@ -599,15 +548,7 @@ fn a_deleted_account_frees_its_place_under_the_host_limit() {
 
 #[test]
 fn identity_handles_pass_only_when_the_did_document_agrees() {
-    let sim = Sim::start(&SimConfig {
-        hosts: 2,
-        accounts_per_host: 1,
-        ..SimConfig::default()
-    })
-    .expect("sim");
-    let dir = tempfile::tempdir().expect("dir");
-    let relay = start(&config(dir.path(), &sim.world.plc_url, None, &[]));
-    crawl_all(&relay, &sim.hostnames());
+    let (sim, _dir, relay) = crawled_network(2, 1, None, &[]);
     let did = sim.world.dids()[0].clone();
     sim.world
         .set_handle(&did, "renamed.h0.test")
@@ -644,15 +585,7 @@ fn identity_handles_pass_only_when_the_did_document_agrees() {
 
 #[test]
 fn live_consumer_sees_new_events() {
-    let sim = Sim::start(&SimConfig {
-        hosts: 1,
-        accounts_per_host: 1,
-        ..SimConfig::default()
-    })
-    .expect("sim");
-    let dir = tempfile::tempdir().expect("dir");
-    let relay = start(&config(dir.path(), &sim.world.plc_url, None, &[]));
-    crawl_all(&relay, &sim.hostnames());
+    let (sim, _dir, relay) = crawled_network(1, 1, None, &[]);
     let mut ws = subscribe(relay.api_addr, None);
     wait_until(5, "consumer registered", || relay.hub.registry.count() == 1);
     sim.world.post(&sim.world.dids()[0], "live").expect("post");
@@ -664,5 +597,64 @@ fn live_consumer_sees_new_events() {
             break;
         }
     }
+    relay.shutdown();
+}
+
+/// While the PLC directory is slow, a new account's events wait in order in a queue of 1,000;
+/// past that they are dropped and counted, and the first 1,000 go out in order once the
+/// identity arrives. The host's other accounts are not held up meanwhile.
+#[test]
+fn events_waiting_for_a_slow_identity_are_bounded_and_keep_their_order() {
+    let (sim, _dir, relay) = crawled_network(1, 1, None, &[]);
+    let known = sim.world.dids()[0].clone();
+    sim.world
+        .post(&known, "warm the identity cache")
+        .expect("post");
+    wait_until(10, "the known account's commit", || {
+        relay.hub.ring.head() >= 1
+    });
+    let pds = format!("pds=\"{}\"", sim.hostnames()[0]);
+    let overflowed = || {
+        counter_with(
+            "rlay_events_dropped_total",
+            &[&pds, "reason=\"pending_queue_full\""],
+        )
+    };
+
+    sim.world.plc.hold(true);
+    let start_at = sim.world.ledger().len();
+    let newcomer = sim.world.create_account(0, None).expect("account");
+    for i in 0..1_020 {
+        sim.world
+            .post(&newcomer, &format!("queued {i}"))
+            .expect("post");
+    }
+    sim.world.post(&known, "not held up").expect("post");
+    let mine: Vec<LedgerEntry> = sim.world.ledger()[start_at..]
+        .iter()
+        .filter(|e| e.did == newcomer)
+        .cloned()
+        .collect();
+    assert!(mine.len() > 1_000);
+    let excess = (mine.len() - 1_000) as f64;
+    wait_until(20, "the overflow counted and the other commit out", || {
+        overflowed() >= excess && relay.hub.ring.head() >= 2
+    });
+    // Nothing of the newcomer's left unverified while its identity was unknown.
+    assert_eq!(relay.hub.ring.head(), 2);
+    sim.world.plc.hold(false);
+    wait_until(30, "the queued events", || {
+        relay.hub.ring.head() >= 2 + 1_000
+    });
+    settle(&relay);
+    let out = read_until_head(&relay, 0);
+    let delivered: Vec<Key> = out
+        .iter()
+        .filter_map(LedgerEntry::key_of)
+        .filter(|k| k.0 == newcomer)
+        .collect();
+    let expected: Vec<Key> = mine.iter().take(1_000).map(key).collect();
+    assert!(delivered == expected, "the first 1,000 events, in order");
+    assert_eq!(overflowed(), excess);
     relay.shutdown();
 }

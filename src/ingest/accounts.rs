@@ -105,6 +105,9 @@ pub struct Slot {
     pub account: Option<Account>,
     pub dirty: bool,
     pub pending: Option<VecDeque<Pending>>,
+    /// The pending queue overflowed and that was logged (reset when the queue empties), so a
+    /// flood is logged once.
+    pub overflowed: bool,
     /// Taken by the flusher and not yet confirmed written: the store may still be behind.
     flushing: bool,
     /// Used since the last eviction sweep.
@@ -117,6 +120,7 @@ impl Slot {
             account,
             dirty: false,
             pending: None,
+            overflowed: false,
             flushing: false,
             recent: true,
         }

@@ -148,7 +148,10 @@ impl Pipeline {
         let (host, seq) = (item.host.clone(), item.seq);
         // Join the DID's queue if it has one, so its events stay in order.
         let joined = self.accounts.with(did, |slot| match &mut slot.pending {
-            Some(q) if q.len() >= max => Err(Box::new(item)),
+            Some(q) if q.len() >= max => {
+                let first = !std::mem::replace(&mut slot.overflowed, true);
+                Err((Box::new(item), first))
+            }
             Some(q) => {
                 q.push_back(item);
                 metrics::histogram!("rlay_did_queue_depth").record(q.len() as f64);
@@ -159,12 +162,14 @@ impl Pipeline {
         let item = match joined {
             Ok(Ok(None)) => return,
             Ok(Ok(Some(item))) => item,
-            Ok(Err(item)) => {
-                log::warn!(
-                    "ingest: {did} has {max} events waiting for its identity; dropping seq {} from {}",
-                    item.seq,
-                    item.host.hostname
-                );
+            Ok(Err((item, first))) => {
+                if first {
+                    log::warn!(
+                        "ingest: {did} has {max} events waiting for its identity (is the PLC directory slow?); dropping seq {} from {} and, without further logs, later events until the queue drains (counted in rlay_events_dropped_total{{reason=\"pending_queue_full\"}})",
+                        item.seq,
+                        item.host.hostname
+                    );
+                }
                 count_dropped(&item.host, "pending_queue_full");
                 item.host.end(item.seq);
                 return;
@@ -221,6 +226,7 @@ impl Pipeline {
                     Some(i) => Some(i),
                     None => {
                         slot.pending = None;
+                        slot.overflowed = false;
                         None
                     }
                 },

@@ -8,7 +8,7 @@ use crate::crypto::PublicKey;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 
 /// A DID document in the shape the PLC directory serves.
 pub fn did_document(did: &str, handle: &str, key: &PublicKey, pds: &str) -> Value {
@@ -44,6 +44,9 @@ pub struct Plc {
     docs: RwLock<HashMap<String, Entry>>,
     /// The last operation posted for each DID (only DIDs registered over HTTP have one).
     ops: RwLock<HashMap<String, Value>>,
+    /// While set, document lookups over HTTP wait (a slow directory).
+    held: Mutex<bool>,
+    released: Condvar,
 }
 
 /// The DID document a posted PLC operation describes.
@@ -55,6 +58,19 @@ fn document_of_op(did: &str, op: &Value) -> Option<Value> {
 }
 
 impl Plc {
+    /// Makes HTTP lookups wait (`true`) until called again with `false`; at most 30 s each.
+    pub fn hold(&self, on: bool) {
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = on;
+        self.released.notify_all();
+    }
+
+    fn wait_while_held(&self) {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = self
+            .released
+            .wait_timeout_while(held, std::time::Duration::from_secs(30), |h| *h);
+    }
+
     pub fn set(&self, did: &str, doc: Value) {
         self.docs
             .write()
@@ -135,6 +151,7 @@ impl Plc {
                     return;
                 }
                 let did = path;
+                me.wait_while_held();
                 let docs = me.docs.read().unwrap_or_else(PoisonError::into_inner);
                 match docs.get(&did) {
                     Some(Entry::Live(doc)) => respond_json(&mut s, 200, doc),

@@ -150,6 +150,26 @@ pub fn settle(relay: &Relay) {
     }
 }
 
+/// A simulated network with `per_host` accounts on each host, crawled by a relay started on
+/// `database_url` (SQLite in the temp dir when `None`) with `extra` flags.
+pub fn crawled_network(
+    hosts: usize,
+    per_host: usize,
+    database_url: Option<&str>,
+    extra: &[(&str, &str)],
+) -> (rlay::sim::Sim, tempfile::TempDir, Relay) {
+    let sim = rlay::sim::Sim::start(&rlay::sim::SimConfig {
+        hosts,
+        accounts_per_host: per_host,
+        ..rlay::sim::SimConfig::default()
+    })
+    .expect("sim");
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = start(&config(dir.path(), &sim.world.plc_url, database_url, extra));
+    crawl_all(&relay, &sim.hostnames());
+    (sim, dir, relay)
+}
+
 /// A simulated network whose accounts are created after the relay crawled every host, so the
 /// relay sees each account's whole history. `extra` flags go to the relay.
 pub fn live_network(
