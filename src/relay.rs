@@ -323,7 +323,10 @@ impl Relay {
             shutdown.clone(),
         )
         .map_err(|e| e.to_string())?;
-        log::info!("relay: API and firehose on {api_addr}, metrics on {metrics_addr:?}");
+        log::info!(
+            "relay: API and firehose on {api_addr}, metrics {}",
+            metrics_addr.map_or("disabled".to_owned(), |a| format!("on {a}"))
+        );
         Ok(Relay {
             cfg: cfg.clone(),
             store,
