@@ -5,6 +5,7 @@
 //! The hot path never waits on this: account state lives in memory and reaches the store in
 //! batches ([`Batch`]) that commit together with the host cursors they cover.
 
+mod pg_tls;
 mod pool;
 mod postgres;
 mod sql;

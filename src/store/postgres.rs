@@ -7,7 +7,7 @@ use super::{
     AccountRow, BackfillRow, BackfillTotals, Batch, HostRow, HostStatus, NewHost, Result, Store,
     StoreError, now_ms, redact_url,
 };
-use postgres::{Client, NoTls, Row};
+use postgres::{Client, Row};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../sql/postgres/0001_init.sql")),
@@ -67,6 +67,18 @@ fn backfill_row(r: &Row) -> Result<BackfillRow> {
     })
 }
 
+/// The error and its causes: a TLS failure's reason (say, an unknown CA) is only in the cause.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -74,11 +86,29 @@ fn limit(n: usize) -> i64 {
 impl PgStore {
     /// Connects (failing fast with an actionable message) and keeps up to 8 connections.
     pub fn connect(url: &str) -> Result<PgStore> {
-        let owned = url.to_owned();
+        let opts = super::pg_tls::split_options(url);
+        let tls = if opts.tls {
+            Some(super::pg_tls::connector(opts.root_cert.as_deref())?)
+        } else {
+            None
+        };
+        let owned = opts.url;
         let connect = move || -> Result<Client> {
-            Client::connect(&owned, NoTls).map_err(|e| StoreError::Connect {
-                url: redact_url(&owned),
-                why: e.to_string(),
+            let client = match &tls {
+                Some(t) => Client::connect(&owned, t.clone()),
+                None => Client::connect(&owned, postgres::NoTls),
+            };
+            client.map_err(|e| {
+                let mut why = error_chain(&e);
+                if why.contains("peer certificate") {
+                    why.push_str(
+                        " (give the server's CA as sslrootcert=PATH in DATABASE_URL, or sslmode=disable on a trusted network)",
+                    );
+                }
+                StoreError::Connect {
+                    url: redact_url(&owned),
+                    why,
+                }
             })
         };
         let first = connect()?;

@@ -65,7 +65,84 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn start_cluster(durable: bool) -> Option<String> {
+/// A running test cluster.
+struct Cluster {
+    /// `postgres://rlay@127.0.0.1:PORT`, for the databases handed to tests.
+    base: String,
+    /// How the harness itself connects (over the Unix socket when TCP needs TLS).
+    admin: String,
+    /// The CA that signed the server certificate, when the cluster only accepts TLS.
+    ca: Option<PathBuf>,
+}
+
+/// A CA and a server certificate for 127.0.0.1/localhost signed by it, made with `openssl`.
+fn make_certificates(dir: &std::path::Path) {
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write ext.cnf");
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=rlay test CA",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl (install the `openssl` package)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn start_cluster(durable: bool, tls: bool) -> Option<Cluster> {
     let Some(bin) = bindir() else {
         if std::env::var("RLAY_REQUIRE_POSTGRES").as_deref() == Ok("1") {
             panic!(
@@ -106,10 +183,30 @@ fn start_cluster(durable: bool) -> Option<String> {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let mut tls_flags = String::new();
+    if tls {
+        make_certificates(&root);
+        let key = root.join("server.key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("key mode");
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&key, Some(uid), Some(gid)).expect("chown key");
+        }
+        // TCP only with TLS; the harness itself uses the Unix socket.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .expect("write pg_hba.conf");
+        tls_flags = format!(
+            "-c ssl=on -c ssl_cert_file={root}/server.crt -c ssl_key_file={root}/server.key",
+            root = root.display()
+        );
+    }
 
     let port = free_port();
     let script = format!(
-        r#""{bin}/postgres" -D "{data}" -p {port} -k "{data}" -c listen_addresses=127.0.0.1 {speed} -c max_connections=300 > "{root}/log" 2>&1 &
+        r#""{bin}/postgres" -D "{data}" -p {port} -k "{data}" -c listen_addresses=127.0.0.1 {speed} {tls_flags} -c max_connections=300 > "{root}/log" 2>&1 &
 P=$!
 while [ -d /proc/{parent} ] && kill -0 $P 2>/dev/null; do sleep 0.5; done
 kill -INT $P 2>/dev/null; wait $P 2>/dev/null; rm -rf "{root}""#,
@@ -136,10 +233,19 @@ kill -INT $P 2>/dev/null; wait $P 2>/dev/null; rm -rf "{root}""#,
     watchdog.spawn().expect("start postgres");
 
     let base = format!("postgres://rlay@127.0.0.1:{port}");
+    let admin = if tls {
+        format!("host={} port={port} user=rlay", data.display())
+    } else {
+        format!("host=127.0.0.1 port={port} user=rlay")
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if postgres::Client::connect(&format!("{base}/postgres"), postgres::NoTls).is_ok() {
-            return Some(base);
+        if postgres::Client::connect(&format!("{admin} dbname=postgres"), postgres::NoTls).is_ok() {
+            return Some(Cluster {
+                base,
+                admin,
+                ca: tls.then(|| root.join("ca.crt")),
+            });
         }
         if Instant::now() > deadline {
             let log = std::fs::read_to_string(root.join("log")).unwrap_or_default();
@@ -152,26 +258,47 @@ kill -INT $P 2>/dev/null; wait $P 2>/dev/null; rm -rf "{root}""#,
 /// A URL to a new, empty database, or `None` when PostgreSQL is unavailable (and allowed to be).
 /// The cluster trades durability for speed (`fsync=off`); see [`fresh_durable_database`].
 pub fn fresh_database() -> Option<String> {
-    static CLUSTER: OnceLock<Option<String>> = OnceLock::new();
-    create_database(CLUSTER.get_or_init(|| start_cluster(false)).as_ref()?)
+    static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+    create_database(
+        CLUSTER
+            .get_or_init(|| start_cluster(false, false))
+            .as_ref()?,
+    )
+}
+
+/// A new database on a cluster that accepts TCP connections only over TLS, and the PEM file of
+/// the CA that signed its certificate.
+pub fn fresh_tls_database() -> Option<(String, PathBuf)> {
+    static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+    let cluster = CLUSTER
+        .get_or_init(|| start_cluster(false, true))
+        .as_ref()?;
+    Some((create_database(cluster)?, cluster.ca.clone()?))
 }
 
 /// Like [`fresh_database`], on a cluster with PostgreSQL's default durability (for benchmarks).
 pub fn fresh_durable_database() -> Option<String> {
-    static CLUSTER: OnceLock<Option<String>> = OnceLock::new();
-    create_database(CLUSTER.get_or_init(|| start_cluster(true)).as_ref()?)
+    static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+    create_database(
+        CLUSTER
+            .get_or_init(|| start_cluster(true, false))
+            .as_ref()?,
+    )
 }
 
-fn create_database(base: &str) -> Option<String> {
+fn create_database(cluster: &Cluster) -> Option<String> {
     static N: AtomicU32 = AtomicU32::new(0);
     let name = format!(
         "t{}_{}",
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     );
-    let mut c = postgres::Client::connect(&format!("{base}/postgres"), postgres::NoTls)
-        .expect("connect to test cluster");
+    let mut c = postgres::Client::connect(
+        &format!("{} dbname=postgres", cluster.admin),
+        postgres::NoTls,
+    )
+    .expect("connect to test cluster");
     c.batch_execute(&format!("CREATE DATABASE {name}"))
         .expect("create test database");
-    Some(format!("{base}/{name}"))
+    Some(format!("{}/{name}", cluster.base))
 }
