@@ -9,13 +9,15 @@
 //! Prints `fanout_deliveries_per_sec`, `fanout_cpu_us_per_delivery` (run 1) and
 //! `fanout_max_deliveries_per_sec`, `fanout_max_cpu_us_per_delivery` (run 2).
 
+mod wire;
+
 use bytes::Bytes;
 use rlay::frame::{Event, SyncEvent};
 use rlay::http::api::{self, Api};
 use rlay::http::front::{Front, Peers};
 use rlay::stream::{Stream, StreamConfig};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -24,15 +26,6 @@ use std::time::{Duration, Instant};
 const CONSUMERS: usize = 50;
 const RATE: u64 = 10_000;
 const SECONDS: u64 = 10;
-
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
 
 fn event(n: u64) -> Event {
     Event::Sync(SyncEvent {
@@ -51,51 +44,24 @@ fn clients(addr: &str, n: usize, count: u64) {
         .map(|_| {
             let addr = addr.to_owned();
             std::thread::spawn(move || {
-                let mut s = TcpStream::connect(&addr).expect("connect");
-                write!(
-                    s,
-                    "GET /xrpc/com.atproto.sync.subscribeRepos HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                )
-                .expect("handshake");
-                let mut r = BufReader::with_capacity(1 << 20, s);
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    r.read_line(&mut line).expect("response");
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
+                let mut r = wire::subscribe(&addr);
                 println!("connected");
                 let mut buf = vec![0u8; 1 << 16];
                 let mut last_seq = 0u64;
                 let mut got = 0u64;
                 while got < count {
-                    let mut h = [0u8; 2];
-                    r.read_exact(&mut h).expect("frame header");
-                    let mut len = u64::from(h[1] & 0x7f);
-                    if len == 126 {
-                        let mut e = [0u8; 2];
-                        r.read_exact(&mut e).expect("len");
-                        len = u64::from(u16::from_be_bytes(e));
-                    } else if len == 127 {
-                        let mut e = [0u8; 8];
-                        r.read_exact(&mut e).expect("len");
-                        len = u64::from_be_bytes(e);
-                    }
-                    let len = len as usize;
-                    if buf.len() < len {
-                        buf.resize(len, 0);
-                    }
-                    r.read_exact(&mut buf[..len]).expect("payload");
-                    if h[0] & 0x0f != 2 {
+                    let (opcode, len) = wire::read_frame(&mut r, &mut buf).expect("frame");
+                    if opcode != 2 {
                         continue; // ping
                     }
                     // The seq is the integer after the body's "seq" key; find it cheaply.
                     let body = &buf[..len];
                     let pos = body.windows(4).position(|w| w == b"cseq").expect("seq key") + 4;
                     let (seq, _) = read_uint(&body[pos..]);
-                    assert!(last_seq == 0 || seq == last_seq + 1, "gap or duplicate: {last_seq} -> {seq}");
+                    assert!(
+                        last_seq == 0 || seq == last_seq + 1,
+                        "gap or duplicate: {last_seq} -> {seq}"
+                    );
                     last_seq = seq;
                     got += 1;
                 }
@@ -165,7 +131,7 @@ fn run(rate: Option<u64>, count: u64) -> (f64, f64) {
     while stream.hub.registry.count() < CONSUMERS {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let cpu0 = cpu_seconds();
+    let cpu0 = rlay::procstat::cpu_seconds(None);
     let start = Instant::now();
     for n in 1..=count {
         stream.sequencer.emit(event(n));
@@ -183,7 +149,7 @@ fn run(rate: Option<u64>, count: u64) -> (f64, f64) {
     out.read_line(&mut line).expect("child finished");
     assert_eq!(line.trim(), "done", "every consumer received every frame");
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
+    let cpu = rlay::procstat::cpu_seconds(None) - cpu0;
     let _ = child.wait();
     let deliveries = (CONSUMERS as u64 * count) as f64;
     stream.shutdown();

@@ -52,30 +52,6 @@ fn spawn_relay(dir: &std::path::Path, port: u16, plc: &str) -> Child {
     child
 }
 
-fn proc_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    (f.get(11).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0))
-        / 100.0
-}
-
-fn proc_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -153,11 +129,7 @@ fn consume(
                     }
                 }
                 Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(e) if rlay::net::ws_timed_out(&e) => {}
                 Err(e) => panic!("consumer: {e}"),
             }
         }
@@ -194,7 +166,7 @@ fn throughput() {
         g.fetch_add(1, Ordering::Relaxed);
     });
     std::thread::sleep(Duration::from_millis(300));
-    let cpu0 = proc_cpu(relay.id());
+    let cpu0 = rlay::procstat::cpu_seconds(Some(relay.id()));
     let t0 = Instant::now();
     for p in planned {
         sim.world.emit(p);
@@ -209,7 +181,7 @@ fn throughput() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = proc_cpu(relay.id()) - cpu0;
+    let cpu = rlay::procstat::cpu_seconds(Some(relay.id())) - cpu0;
     stop.store(true, Ordering::Relaxed);
     let _ = c.join();
     let _ = relay.kill();
@@ -260,7 +232,7 @@ fn many_hosts() {
     });
     sim.start_traffic(600.0, 0);
     std::thread::sleep(Duration::from_secs(60));
-    let rss = proc_rss_mib(relay.id());
+    let rss = rlay::procstat::rss_mib(relay.id());
     sim.stop_traffic();
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);

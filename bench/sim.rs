@@ -5,69 +5,28 @@
 //! host running in a child process. `sim_events_per_sec` is events per CPU-second of the
 //! simulator during emission, i.e. what one core sustains.
 
+mod wire;
+
 use rlay::sim::traffic::{Rng, random_action};
 use rlay::sim::{Planned, Sim, SimConfig};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 const HOSTS: usize = 20;
 const EVENTS: usize = 150_000;
 
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    (f.get(11).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0))
-        / 100.0
-}
-
 /// Child mode: subscribe to every host and count frames until `total` arrived.
 fn readers(hosts: &[String], total: usize) {
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut handles = Vec::new();
     for h in hosts {
-        let mut s = TcpStream::connect(h.replace("localhost", "127.0.0.1")).expect("connect");
-        write!(s, "GET /xrpc/com.atproto.sync.subscribeRepos HTTP/1.1\r\nHost: {h}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").expect("handshake");
-        let mut r = BufReader::with_capacity(1 << 20, s);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            r.read_line(&mut line).expect("response");
-            if line == "\r\n" {
-                break;
-            }
-        }
+        let mut r = wire::subscribe(h);
         let c = count.clone();
         handles.push(std::thread::spawn(move || {
             let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let mut h = [0u8; 2];
-                if r.read_exact(&mut h).is_err() {
-                    return;
-                }
-                let mut len = u64::from(h[1] & 0x7f);
-                if len == 126 {
-                    let mut e = [0u8; 2];
-                    r.read_exact(&mut e).expect("len");
-                    len = u64::from(u16::from_be_bytes(e));
-                } else if len == 127 {
-                    let mut e = [0u8; 8];
-                    r.read_exact(&mut e).expect("len");
-                    len = u64::from_be_bytes(e);
-                }
-                let len = len as usize;
-                if buf.len() < len {
-                    buf.resize(len, 0);
-                }
-                r.read_exact(&mut buf[..len]).expect("payload");
-                if h[0] & 0x0f == 2 {
+            while let Ok((opcode, _)) = wire::read_frame(&mut r, &mut buf) {
+                if opcode == 2 {
                     c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
@@ -123,7 +82,7 @@ fn main() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let n = planned.len();
-    let cpu0 = cpu_seconds();
+    let cpu0 = rlay::procstat::cpu_seconds(None);
     let start = Instant::now();
     for p in planned {
         sim.world.emit(p);
@@ -131,7 +90,7 @@ fn main() {
     line.clear();
     out.read_line(&mut line).expect("done");
     let wall = start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu0;
+    let cpu = rlay::procstat::cpu_seconds(None) - cpu0;
     let _ = child.wait();
     println!("sim_generate_events_per_sec: {:.0}", n as f64 / gen_secs);
     println!("sim_emit_wall_events_per_sec: {:.0}", n as f64 / wall);

@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod logging;
 pub mod mst;
 pub mod net;
+pub mod procstat;
 pub mod relay;
 pub mod repo;
 pub mod sim;

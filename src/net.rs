@@ -37,6 +37,19 @@ fn v6_public(ip: Ipv6Addr) -> bool {
 }
 
 /// Whether an address is on the public internet.
+/// A read that gave up on its socket timeout (reported as either kind, depending on the OS).
+pub fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// [`timed_out`], through tungstenite.
+pub fn ws_timed_out(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io) if timed_out(io))
+}
+
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v) => v4_public(v),

@@ -67,6 +67,8 @@ pub fn metrics_text() -> String {
 
 impl Relay {
     pub fn start(cfg: &Config, parts: Parts) -> Result<Relay, String> {
+        // First, so every metric handle made from here on (some are cached) is a real one.
+        let prometheus = metrics_handle();
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
         let store = crate::store::open(cfg.database_url.as_deref(), &cfg.data_dir)
@@ -273,7 +275,7 @@ impl Relay {
             .spawn(move || front.run(listener))
             .map_err(|e| e.to_string())?;
 
-        let metrics_addr = match metrics_handle() {
+        let metrics_addr = match prometheus {
             Some(h) if !cfg.metrics_listen.is_empty() => Some(
                 api::start_metrics(&cfg.metrics_listen, h)
                     .map_err(|e| format!("{e} (RELAY_METRICS_LISTEN)"))?,

@@ -135,21 +135,11 @@ fn counter_with(name: &str, labels: &[&str]) -> f64 {
 
 #[test]
 fn faults_are_dropped_and_counted_and_nothing_else_is_lost() {
-    let kinds = [
-        FaultKind::ForgedSignature,
-        FaultKind::WrongKey,
-        FaultKind::BadBlockHash,
-        FaultKind::MissingBlocks,
-        FaultKind::WrongPrevData,
-        FaultKind::RevBackwards,
-        FaultKind::RepeatedSeq,
-        FaultKind::Impersonation,
-        FaultKind::NonCanonical,
-        FaultKind::OversizeFrame,
-        FaultKind::Garbage,
-        FaultKind::Stall,
-        FaultKind::Disconnect,
-    ];
+    // Every fault but a PDS restart, which the next test covers.
+    let kinds: Vec<FaultKind> = rlay::sim::fault::ALL
+        .into_iter()
+        .filter(|k| *k != FaultKind::Restart)
+        .collect();
     let sim = Sim::start(&SimConfig {
         hosts: kinds.len() + 3,
         accounts_per_host: 3,

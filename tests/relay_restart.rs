@@ -60,11 +60,7 @@ fn consume(port: u16, seen: Arc<Mutex<Vec<Event>>>, stop: Arc<AtomicBool>) {
                     .expect("lock")
                     .push(frame::decode(&b).expect("valid frame")),
                 Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(e) if rlay::net::ws_timed_out(&e) => {}
                 Err(_) => break,
             }
         }

@@ -70,13 +70,8 @@ fn drain(ws: &mut Ws) -> (Vec<Bytes>, Option<tungstenite::Error>) {
             Ok(Message::Binary(b)) => out.push(b),
             Ok(Message::Close(_)) => return (out, None),
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return (out, Some(tungstenite::Error::Io(e)));
+            Err(e) if rlay::net::ws_timed_out(&e) => {
+                return (out, Some(e));
             }
             Err(e) => return (out, Some(e)),
         }
@@ -449,7 +444,7 @@ fn restart_resets_seq_and_answers_future_cursor() {
     let mut ws = subscribe(&host, None);
     sim.world.emit(rlay::sim::Planned::Restart(0));
     let (_, end) = drain(&mut ws);
-    let timed_out = matches!(&end, Some(tungstenite::Error::Io(e)) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+    let timed_out = end.as_ref().is_some_and(rlay::net::ws_timed_out);
     assert!(
         !timed_out,
         "the restart closed the subscriber's connection (got {end:?})"
@@ -501,20 +496,6 @@ fn migration_moves_the_account_and_rotates_its_key() {
     );
 }
 
-/// CPU time of this process in seconds.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    (f.get(11).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0))
-        / 100.0
-}
-
 #[test]
 fn three_thousand_hosts_idle_at_no_cpu() {
     let sim = Sim::start(&SimConfig {
@@ -526,9 +507,9 @@ fn three_thousand_hosts_idle_at_no_cpu() {
     .expect("3,000 hosts start");
     assert_eq!(sim.hostnames().len(), 3000);
     std::thread::sleep(Duration::from_millis(500));
-    let c0 = cpu_seconds();
+    let c0 = rlay::procstat::cpu_seconds(None);
     std::thread::sleep(Duration::from_secs(3));
-    let used = cpu_seconds() - c0;
+    let used = rlay::procstat::cpu_seconds(None) - c0;
     assert!(used < 0.15, "idle hosts burned {used:.2}s of CPU in 3s");
     for i in [0, 1499, 2999] {
         let (status, body) = http_get(&format!(

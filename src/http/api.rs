@@ -586,21 +586,14 @@ impl Ctx {
             }
             ("/admin/pds/requestCrawl", false) => self.request_crawl(r, true),
             ("/admin/pds/changeLimits", false) => self.change_limits(r),
-            ("/admin/pds/block", false) => {
+            (path @ ("/admin/pds/block" | "/admin/pds/unblock"), false) => {
                 let host = host_param()?;
-                if self.crawler.block(&host).map_err(store_err)? {
-                    Ok(success())
+                let found = if path.ends_with("/block") {
+                    self.crawler.block(&host)
                 } else {
-                    Err(xrpc_error(
-                        404,
-                        "HostNotFound",
-                        &format!("{host} is not known"),
-                    ))
-                }
-            }
-            ("/admin/pds/unblock", false) => {
-                let host = host_param()?;
-                if self.crawler.unblock(&host).map_err(store_err)? {
+                    self.crawler.unblock(&host)
+                };
+                if found.map_err(store_err)? {
                     Ok(success())
                 } else {
                     Err(xrpc_error(

@@ -28,11 +28,23 @@ pub struct HostHandle {
     /// A connection thread is running for this host.
     pub running: AtomicBool,
     pub events_received: AtomicU64,
+    /// `rlay_events_accepted_total{pds}`, made on first use (after the metrics recorder is
+    /// installed) so the per-event path does not build the label each time.
+    accepted: std::sync::OnceLock<metrics::Counter>,
     /// (cursor, account count) last written to the store.
     pub persisted: Mutex<(i64, i64)>,
 }
 
 impl HostHandle {
+    /// Counts an event from this host that went out on the firehose.
+    pub fn count_accepted(&self) {
+        self.accepted
+            .get_or_init(
+                || metrics::counter!("rlay_events_accepted_total", "pds" => self.hostname.clone()),
+            )
+            .increment(1);
+    }
+
     pub fn from_row(r: &HostRow) -> HostHandle {
         HostHandle {
             id: r.id,
@@ -50,6 +62,7 @@ impl HostHandle {
             connected: AtomicBool::new(false),
             running: AtomicBool::new(false),
             events_received: AtomicU64::new(0),
+            accepted: std::sync::OnceLock::new(),
             persisted: Mutex::new((r.last_seq, r.account_count)),
         }
     }

@@ -109,10 +109,6 @@ fn count_dropped(host: &HostHandle, reason: &'static str) {
         .increment(1);
 }
 
-fn count_accepted(host: &HostHandle) {
-    metrics::counter!("rlay_events_accepted_total", "pds" => host.hostname.clone()).increment(1);
-}
-
 impl Pipeline {
     /// Entry point for host threads.
     pub fn submit(self: &Arc<Self>, host: &Arc<HostHandle>, seq: u64, event: Event) {
@@ -145,24 +141,22 @@ impl Pipeline {
 
     fn dispatch(self: &Arc<Self>, item: Pending, did: &str) {
         let max = self.cfg.max_pending_per_did;
-        let (host, seq) = (item.host.clone(), item.seq);
-        // Join the DID's queue if it has one, so its events stay in order.
+        let mut held = Some(item);
+        // Join the DID's queue if it has one, so its events stay in order. The item moves into
+        // the queue only when it joins; otherwise it stays in `held` for the paths below.
         let joined = self.accounts.with(did, |slot| match &mut slot.pending {
-            Some(q) if q.len() >= max => {
-                let first = !std::mem::replace(&mut slot.overflowed, true);
-                Err((Box::new(item), first))
-            }
+            Some(q) if q.len() >= max => Err(!std::mem::replace(&mut slot.overflowed, true)),
             Some(q) => {
-                q.push_back(item);
+                q.extend(held.take());
                 metrics::histogram!("rlay_did_queue_depth").record(q.len() as f64);
-                Ok(None)
+                Ok(())
             }
-            None => Ok(Some(item)),
+            None => Ok(()),
         });
-        let item = match joined {
-            Ok(Ok(None)) => return,
-            Ok(Ok(Some(item))) => item,
-            Ok(Err((item, first))) => {
+        let Some(item) = held else { return };
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(first)) => {
                 if first {
                     log::warn!(
                         "ingest: {did} has {max} events waiting for its identity (is the PLC directory slow?); dropping seq {} from {} and, without further logs, later events until the queue drains (counted in rlay_events_dropped_total{{reason=\"pending_queue_full\"}})",
@@ -176,11 +170,11 @@ impl Pipeline {
             }
             Err(e) => {
                 log::error!("ingest: account store error for {did}: {e}; dropping the event");
-                count_dropped(&host, "store_error");
-                host.end(seq);
+                count_dropped(&item.host, "store_error");
+                item.host.end(item.seq);
                 return;
             }
-        };
+        }
         if let Some(res) = self.resolver.cached(did) {
             if let Outcome::Retry(item) = self.process(item, did, &res) {
                 self.resolver.purge(did);
@@ -246,7 +240,7 @@ impl Pipeline {
         let out = self.process_event(item, did, res);
         match out {
             Outcome::Retry(_) => return out,
-            Outcome::Accepted => count_accepted(&host),
+            Outcome::Accepted => host.count_accepted(),
             Outcome::Dropped(reason) => count_dropped(&host, reason),
             Outcome::Ignored => {}
         }
@@ -651,7 +645,7 @@ impl Pipeline {
         });
         if matches!(r, Ok(true)) {
             metrics::counter!("rlay_events_unverified_total").increment(1);
-            count_accepted(&item.host);
+            item.host.count_accepted();
         }
         item.host.end(item.seq);
     }
@@ -659,22 +653,7 @@ impl Pipeline {
     /// The relay's own takedown (or suspension): emits `#account` and hides the account's
     /// events from replay. Returns false for an unknown account.
     pub fn take_down(&self, did: &str, status: &str) -> bool {
-        let r = self.accounts.with(did, |slot| {
-            let Some(a) = slot.account.as_mut() else {
-                return false;
-            };
-            a.local = status.to_owned();
-            slot.dirty = true;
-            let (active, status) = a.combined();
-            self.sequencer.emit(Event::Account(AccountEvent {
-                seq: 0,
-                did: did.to_owned(),
-                time: crate::logging::timestamp(),
-                active,
-                status,
-            }))
-        });
-        let ok = matches!(r, Ok(true));
+        let ok = self.set_local_status(did, status, |_| true);
         if ok {
             self.hidden.hide(did);
         }
@@ -683,22 +662,7 @@ impl Pipeline {
 
     /// Reverses a takedown: emits `#account` with the combined status.
     pub fn reverse_take_down(&self, did: &str) -> bool {
-        let r = self.accounts.with(did, |slot| {
-            let Some(a) = slot.account.as_mut() else {
-                return false;
-            };
-            a.local = ACTIVE.to_owned();
-            slot.dirty = true;
-            let (active, status) = a.combined();
-            self.sequencer.emit(Event::Account(AccountEvent {
-                seq: 0,
-                did: did.to_owned(),
-                time: crate::logging::timestamp(),
-                active,
-                status,
-            }))
-        });
-        let ok = matches!(r, Ok(true));
+        let ok = self.set_local_status(did, ACTIVE, |_| true);
         if ok {
             self.hidden.unhide(did);
         }
@@ -707,14 +671,17 @@ impl Pipeline {
 
     /// Lifts a host-limit throttle from an account, emitting its new status.
     pub fn unthrottle(&self, did: &str) -> bool {
+        self.set_local_status(did, ACTIVE, |current| current == THROTTLED)
+    }
+
+    /// Sets the relay's own status of a known account whose current one passes `from`, and
+    /// emits `#account` with the combined status, under the account's lock.
+    fn set_local_status(&self, did: &str, to: &str, from: impl Fn(&str) -> bool) -> bool {
         let r = self.accounts.with(did, |slot| {
-            let Some(a) = slot.account.as_mut() else {
+            let Some(a) = slot.account.as_mut().filter(|a| from(&a.local)) else {
                 return false;
             };
-            if a.local != THROTTLED {
-                return false;
-            }
-            a.local = ACTIVE.to_owned();
+            a.local = to.to_owned();
             slot.dirty = true;
             let (active, status) = a.combined();
             self.sequencer.emit(Event::Account(AccountEvent {

@@ -487,12 +487,7 @@ impl Upstream {
                     pinged = false;
                     events += 1;
                 }
-                Err(tungstenite::Error::Io(e))
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(e) if crate::net::ws_timed_out(&e) => {
                     let quiet = last_data.elapsed();
                     if quiet >= self.cfg.stall_timeout {
                         return end(

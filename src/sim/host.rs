@@ -213,12 +213,7 @@ impl Host {
                 match ws.read() {
                     Ok(Message::Close(_)) => return,
                     Ok(_) => {}
-                    Err(tungstenite::Error::Io(e))
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
+                    Err(e) if crate::net::ws_timed_out(&e) => {
                         break;
                     }
                     Err(_) => return,
@@ -262,11 +257,7 @@ impl Host {
                     let mut b = [0u8; 1];
                     match std::io::Read::read(s, &mut b) {
                         Ok(0) => break,
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                            ) => {}
+                        Err(e) if crate::net::timed_out(&e) => {}
                         _ => break,
                     }
                 }

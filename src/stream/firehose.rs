@@ -115,10 +115,6 @@ impl Write for Counted {
     }
 }
 
-fn would_block(e: &tungstenite::Error) -> bool {
-    matches!(e, tungstenite::Error::Io(io) if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
-}
-
 /// Metadata about the client, for the registry.
 pub struct Client {
     pub remote_addr: String,
@@ -270,7 +266,7 @@ impl Hub {
                     batch_bytes += f.bytes.len();
                     match ws.write(Message::Binary(f.bytes.clone())) {
                         Ok(()) => {}
-                        Err(e) if would_block(&e) => {
+                        Err(e) if crate::net::ws_timed_out(&e) => {
                             pending = true;
                             break;
                         }
@@ -289,7 +285,7 @@ impl Hub {
                         last_write = Instant::now();
                         last_progress = last_write;
                     }
-                    Err(e) if would_block(&e) => pending = true,
+                    Err(e) if crate::net::ws_timed_out(&e) => pending = true,
                     Err(_) => return "write failed",
                 }
                 let now_bytes = written.load(Ordering::Relaxed);
@@ -313,13 +309,13 @@ impl Hub {
                         if !queued {
                             match ws.write(Message::Binary(Bytes::from(f.clone()))) {
                                 Ok(()) => queued = true,
-                                Err(e) if would_block(&e) => queued = true,
+                                Err(e) if crate::net::ws_timed_out(&e) => queued = true,
                                 Err(_) => break,
                             }
                         }
                         match ws.flush() {
                             Ok(()) => break,
-                            Err(e) if would_block(&e) => {}
+                            Err(e) if crate::net::ws_timed_out(&e) => {}
                             Err(_) => break,
                         }
                     }
@@ -340,7 +336,7 @@ impl Hub {
                         return "client closed";
                     }
                     Ok(_) => continue,
-                    Err(e) if would_block(&e) => break,
+                    Err(e) if crate::net::ws_timed_out(&e) => break,
                     Err(_) => return "connection lost",
                 }
             }
@@ -348,7 +344,7 @@ impl Hub {
                 if last_write.elapsed() >= self.config.ping_interval {
                     match ws.send(Message::Ping(Bytes::new())) {
                         Ok(()) => last_write = Instant::now(),
-                        Err(e) if would_block(&e) => pending = true,
+                        Err(e) if crate::net::ws_timed_out(&e) => pending = true,
                         Err(_) => return "connection lost",
                     }
                 }

@@ -115,12 +115,7 @@ pub fn read_until_head(relay: &Relay, cursor: u64) -> Vec<Event> {
                 out.push(e);
             }
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if rlay::net::ws_timed_out(&e) => {
                 // Events of taken-down accounts are skipped on replay: stop once nothing comes.
                 if relay.hub.ring.head() == head {
                     break;

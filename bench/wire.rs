@@ -1,0 +1,50 @@
+//! A minimal firehose client for the benchmarks: a fixed WebSocket handshake, then unmasked
+//! server frames read straight from a buffered socket, so the reader costs as little as possible
+//! and the figures measure the server.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+
+/// Connects to `addr` and upgrades `subscribeRepos` (no cursor); returns the framed stream.
+pub fn subscribe(addr: &str) -> BufReader<TcpStream> {
+    let mut s = TcpStream::connect(addr.replace("localhost", "127.0.0.1")).expect("connect");
+    write!(
+        s,
+        "GET /xrpc/com.atproto.sync.subscribeRepos HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .expect("handshake");
+    let mut r = BufReader::with_capacity(1 << 20, s);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).expect("response");
+        if line == "\r\n" {
+            return r;
+        }
+    }
+}
+
+/// Reads one frame's payload into `buf`; returns its opcode (2 = binary) and length.
+pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<(u8, usize)> {
+    let mut h = [0u8; 2];
+    r.read_exact(&mut h)?;
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut e = [0u8; 2];
+            r.read_exact(&mut e)?;
+            usize::from(u16::from_be_bytes(e))
+        }
+        127 => {
+            let mut e = [0u8; 8];
+            r.read_exact(&mut e)?;
+            usize::try_from(u64::from_be_bytes(e))
+                .map_err(|_| io::Error::other("frame too large"))?
+        }
+        n => usize::from(n),
+    };
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    r.read_exact(&mut buf[..len])?;
+    Ok((h[0] & 0x0f, len))
+}
