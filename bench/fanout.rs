@@ -11,13 +11,13 @@
 
 mod wire;
 
+mod procstat;
+
 use bytes::Bytes;
-use rlay::frame::{Event, SyncEvent};
-use rlay::http::api::{self, Api};
-use rlay::http::front::{Front, Peers};
+use rlay::http::front::Front;
+use rlay::proto::frame::{Event, SyncEvent};
 use rlay::stream::{Stream, StreamConfig};
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -92,24 +92,8 @@ fn read_uint(b: &[u8]) -> (u64, usize) {
 fn run(rate: Option<u64>, count: u64) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("dir");
     let stream = Stream::open(&dir.path().join("events"), StreamConfig::default()).expect("stream");
-    let peers = Arc::new(Peers::default());
-    let backend = api::start(
-        Arc::new(Api {
-            peers: peers.clone(),
-            ctx: None,
-        }),
-        1,
-    )
-    .expect("api");
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let front = Arc::new(Front {
-        hub: stream.hub.clone(),
-        backend,
-        peers,
-        shutdown: Arc::new(AtomicBool::new(false)),
-    });
-    std::thread::spawn(move || front.run(listener));
+    let addr = Front::serve_stream(stream.hub().clone(), Arc::new(AtomicBool::new(false)))
+        .expect("firehose server");
 
     let exe = std::env::current_exe().expect("exe");
     let mut child = Command::new(exe)
@@ -128,13 +112,13 @@ fn run(rate: Option<u64>, count: u64) -> (f64, f64) {
         line.clear();
         out.read_line(&mut line).expect("child output");
     }
-    while stream.hub.registry.count() < CONSUMERS {
+    while stream.hub().consumers().len() < CONSUMERS {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let cpu0 = rlay::procstat::cpu_seconds(None);
+    let cpu0 = procstat::cpu_seconds(None);
     let start = Instant::now();
     for n in 1..=count {
-        stream.sequencer.emit(event(n));
+        stream.sequencer().emit(&event(n));
         if let Some(r) = rate {
             // Pace in 1 ms steps.
             if n % (r / 1000) == 0 {
@@ -149,7 +133,7 @@ fn run(rate: Option<u64>, count: u64) -> (f64, f64) {
     out.read_line(&mut line).expect("child finished");
     assert_eq!(line.trim(), "done", "every consumer received every frame");
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = rlay::procstat::cpu_seconds(None) - cpu0;
+    let cpu = procstat::cpu_seconds(None) - cpu0;
     let _ = child.wait();
     let deliveries = (CONSUMERS as u64 * count) as f64;
     stream.shutdown();

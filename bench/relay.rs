@@ -10,7 +10,10 @@
 //! `rss_mib_2750_hosts` (the relay's resident memory at the end) and `latency_p99_ms` (PDS emit
 //! → consumer receive).
 
-use rlay::frame::{self, Event};
+mod procstat;
+
+use rlay::proto::frame::{self, Event};
+use rlay::sim::admin::RelayAdmin;
 use rlay::sim::traffic::{Rng, random_action};
 use rlay::sim::{LedgerEntry, Planned, Sim, SimConfig};
 use std::io::{BufRead, BufReader};
@@ -24,10 +27,7 @@ use tungstenite::stream::MaybeTlsStream;
 const PW: &str = "bench-pw";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
+    rlay::sim::admin::free_port().expect("a free loopback port")
 }
 
 fn spawn_relay(dir: &std::path::Path, port: u16, plc: &str) -> Child {
@@ -52,12 +52,8 @@ fn spawn_relay(dir: &std::path::Path, port: u16, plc: &str) -> Child {
     child
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .new_agent()
+fn admin(port: u16) -> RelayAdmin {
+    RelayAdmin::new(&format!("http://127.0.0.1:{port}"), PW)
 }
 
 /// Admin requestCrawl for every host, from a few threads.
@@ -65,13 +61,9 @@ fn crawl(port: u16, hosts: &[String]) {
     std::thread::scope(|s| {
         for chunk in hosts.chunks(hosts.len().div_ceil(8).max(1)) {
             s.spawn(move || {
-                let a = agent();
+                let a = admin(port);
                 for h in chunk {
-                    let r = a
-                        .post(&format!("http://127.0.0.1:{port}/admin/pds/requestCrawl"))
-                        .header("Authorization", &format!("Bearer {PW}"))
-                        .send_json(serde_json::json!({ "hostname": h }));
-                    assert!(r.is_ok_and(|r| r.status().is_success()), "crawl {h}");
+                    a.request_crawl(h).unwrap_or_else(|e| panic!("crawl: {e}"));
                 }
             });
         }
@@ -79,20 +71,7 @@ fn crawl(port: u16, hosts: &[String]) {
 }
 
 fn connected(port: u16) -> usize {
-    let Ok(mut r) = agent()
-        .get(&format!(
-            "http://127.0.0.1:{port}/admin/subs/getUpstreamConns"
-        ))
-        .header("Authorization", &format!("Bearer {PW}"))
-        .call()
-    else {
-        return 0;
-    };
-    r.body_mut()
-        .read_json::<serde_json::Value>()
-        .ok()
-        .and_then(|v| v.as_array().map(Vec::len))
-        .unwrap_or(0)
+    admin(port).connected().len()
 }
 
 fn wait_connected(port: u16, n: usize) {
@@ -129,7 +108,7 @@ fn consume(
                     }
                 }
                 Ok(_) => {}
-                Err(e) if rlay::net::ws_timed_out(&e) => {}
+                Err(e) if rlay::util::net::ws_timed_out(&e) => {}
                 Err(e) => panic!("consumer: {e}"),
             }
         }
@@ -147,13 +126,13 @@ fn throughput() {
     .expect("sim");
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
-    let mut relay = spawn_relay(dir.path(), port, &sim.world.plc_url);
+    let mut relay = spawn_relay(dir.path(), port, sim.world().plc_url());
     crawl(port, &sim.hostnames());
     wait_connected(port, 40);
     let mut rng = Rng::new(5);
     let mut planned: Vec<Planned> = Vec::new();
     while planned.len() < 120_000 {
-        planned.extend(random_action(&sim.world, &mut rng));
+        planned.extend(random_action(sim.world(), &mut rng));
     }
     let n = planned
         .iter()
@@ -166,10 +145,10 @@ fn throughput() {
         g.fetch_add(1, Ordering::Relaxed);
     });
     std::thread::sleep(Duration::from_millis(300));
-    let cpu0 = rlay::procstat::cpu_seconds(Some(relay.id()));
+    let cpu0 = procstat::cpu_seconds(Some(relay.id()));
     let t0 = Instant::now();
     for p in planned {
-        sim.world.emit(p);
+        sim.world().emit(p);
     }
     let deadline = Instant::now() + Duration::from_secs(180);
     while got.load(Ordering::Relaxed) < n {
@@ -181,7 +160,7 @@ fn throughput() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = rlay::procstat::cpu_seconds(Some(relay.id())) - cpu0;
+    let cpu = procstat::cpu_seconds(Some(relay.id())) - cpu0;
     stop.store(true, Ordering::Relaxed);
     let _ = c.join();
     let _ = relay.kill();
@@ -202,7 +181,7 @@ fn many_hosts() {
     .expect("sim");
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
-    let mut relay = spawn_relay(dir.path(), port, &sim.world.plc_url);
+    let mut relay = spawn_relay(dir.path(), port, sim.world().plc_url());
     let t = Instant::now();
     crawl(port, &sim.hostnames());
     wait_connected(port, hosts);
@@ -210,19 +189,14 @@ fn many_hosts() {
         "hosts_connected: {hosts} in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    *sim.world.emit_clock.lock().expect("lock") = Some(Default::default());
+    sim.world().record_emit_times();
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let (w, l) = (sim.world.clone(), latencies.clone());
+    let (w, l) = (sim.world().clone(), latencies.clone());
     let c = consume(port, stop.clone(), move |e| {
         let now = Instant::now();
         if let Some((_, _, key)) = LedgerEntry::key_of(&e) {
-            let emitted = w
-                .emit_clock
-                .lock()
-                .expect("lock")
-                .as_mut()
-                .and_then(|m| m.remove(&key));
+            let emitted = w.take_emit_time(&key);
             if let Some(at) = emitted {
                 l.lock()
                     .expect("lock")
@@ -232,7 +206,7 @@ fn many_hosts() {
     });
     sim.start_traffic(600.0, 0);
     std::thread::sleep(Duration::from_secs(60));
-    let rss = rlay::procstat::rss_mib(relay.id());
+    let rss = procstat::rss_mib(relay.id());
     sim.stop_traffic();
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);

@@ -7,6 +7,8 @@
 
 mod wire;
 
+mod procstat;
+
 use rlay::sim::traffic::{Rng, random_action};
 use rlay::sim::{Planned, Sim, SimConfig};
 use std::io::{BufRead, BufReader};
@@ -57,7 +59,7 @@ fn main() {
     let gen_start = Instant::now();
     let mut planned: Vec<Planned> = Vec::with_capacity(EVENTS);
     while planned.len() < EVENTS {
-        planned.extend(random_action(&sim.world, &mut rng));
+        planned.extend(random_action(sim.world(), &mut rng));
     }
     let gen_secs = gen_start.elapsed().as_secs_f64();
 
@@ -72,25 +74,25 @@ fn main() {
     let mut line = String::new();
     out.read_line(&mut line).expect("ready");
     while sim
-        .world
-        .hosts
+        .world()
+        .hosts()
         .iter()
-        .map(|h| h.subscribers.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|h| h.subscribers())
         .sum::<u64>()
         < HOSTS as u64
     {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let n = planned.len();
-    let cpu0 = rlay::procstat::cpu_seconds(None);
+    let cpu0 = procstat::cpu_seconds(None);
     let start = Instant::now();
     for p in planned {
-        sim.world.emit(p);
+        sim.world().emit(p);
     }
     line.clear();
     out.read_line(&mut line).expect("done");
     let wall = start.elapsed().as_secs_f64();
-    let cpu = rlay::procstat::cpu_seconds(None) - cpu0;
+    let cpu = procstat::cpu_seconds(None) - cpu0;
     let _ = child.wait();
     println!("sim_generate_events_per_sec: {:.0}", n as f64 / gen_secs);
     println!("sim_emit_wall_events_per_sec: {:.0}", n as f64 / wall);

@@ -5,7 +5,7 @@
 //! (what the relay uses). Prints `account_updates_per_sec_postgres: N` and
 //! `account_updates_per_sec_sqlite: N`.
 
-#[path = "../tests/common/pg.rs"]
+#[path = "../tests/it/common/pg.rs"]
 #[allow(dead_code)]
 mod pg;
 
@@ -43,7 +43,7 @@ fn run(s: &dyn Store) -> f64 {
         .expect("host");
     for chunk in 0..ACCOUNTS / BATCH {
         let accounts = (0..BATCH)
-            .map(|i| row(chunk * BATCH + i + 1, host.id, 0))
+            .map(|i| row(chunk * BATCH + i + 1, host.id(), 0))
             .collect();
         s.write_batch(&Batch {
             accounts,
@@ -54,10 +54,10 @@ fn run(s: &dyn Store) -> f64 {
     let batches: Vec<Batch> = (0..ROUNDS)
         .map(|r| Batch {
             accounts: (0..BATCH)
-                .map(|i| row((r * 7919 + i * 13) % ACCOUNTS + 1, host.id, r + 1))
+                .map(|i| row((r * 7919 + i * 13) % ACCOUNTS + 1, host.id(), r + 1))
                 .collect(),
-            host_cursors: vec![(host.id, r)],
-            host_counts: vec![(host.id, ACCOUNTS)],
+            host_cursors: vec![(host.id(), r)],
+            host_counts: vec![(host.id(), ACCOUNTS)],
             meta: vec![("flushed_seq".into(), r.to_string())],
         })
         .collect();

@@ -4,11 +4,11 @@
 //! Prints `commit_verify_us: X` and `commit_verify_per_core: N/s`, plus a breakdown.
 
 use bytes::Bytes;
-use rlay::cbor::Value;
-use rlay::crypto::{Curve, PrivateKey};
-use rlay::frame::{self, Event};
-use rlay::repo::{Repo, Write};
-use rlay::verify::{Options, RepoState, verify_commit};
+use rlay::proto::cbor::Value;
+use rlay::proto::crypto::{Curve, PrivateKey};
+use rlay::proto::frame::{self, Event};
+use rlay::proto::verify::{Options, RepoState, verify_commit};
+use rlay::sim::repo::{Repo, Write};
 use std::time::{Duration, Instant};
 
 const TIME: &str = "2025-01-01T00:00:00.000Z";
@@ -90,9 +90,9 @@ fn main() {
                 let Ok(Event::Commit(evt)) = frame::decode(b) else {
                     panic!()
                 };
-                let car = rlay::car::Car::parse(&evt.blocks).expect("car");
+                let car = rlay::proto::car::Car::parse(&evt.blocks).expect("car");
                 let blk = car.get(&evt.commit).expect("commit").to_vec();
-                let d = rlay::commit::SignedCommit::decode(&blk)
+                let d = rlay::proto::commit::SignedCommit::decode(&blk)
                     .expect("commit")
                     .unsigned_digest();
                 (blk, d)
@@ -102,7 +102,7 @@ fn main() {
         let mut n = 0u64;
         while start.elapsed() < Duration::from_secs(2) {
             for (blk, d) in &sc_bytes {
-                let sc = rlay::commit::SignedCommit::decode(blk).expect("commit");
+                let sc = rlay::proto::commit::SignedCommit::decode(blk).expect("commit");
                 key.verify_digest(d, &sc.commit.sig).expect("sig");
                 n += 1;
             }

@@ -2,203 +2,215 @@
 //! same), each mirrored by a command-line flag (`RELAY_API_LISTEN` ⇄ `--api-listen`,
 //! `DATABASE_URL` ⇄ `--database-url`). Flags win over the environment.
 
-use crate::cli::Args;
+use clap::builder::BoolishValueParser;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Every variable: (name, default, meaning). The README's configuration table is checked
-/// against this list by a test, so the two cannot drift apart.
-pub const VARS: &[(&str, &str, &str)] = &[
-    (
-        "RELAY_DATA_DIR",
-        "./data",
-        "Data directory: event log segments, RocksDB collection index, default SQLite database.",
-    ),
-    (
-        "DATABASE_URL",
-        "sqlite://<data dir>/rlay.sqlite",
-        "State store: `postgres://user:pass@host/db` or `sqlite://PATH`.",
-    ),
-    (
-        "RELAY_API_LISTEN",
-        "0.0.0.0:3000",
-        "HTTP API, admin API and the firehose WebSocket, on one port.",
-    ),
-    (
-        "RELAY_METRICS_LISTEN",
-        "0.0.0.0:3001",
-        "Prometheus `/metrics`.",
-    ),
-    (
-        "RELAY_ADMIN_PASSWORD",
-        "(random, logged at start)",
-        "Admin password(s) for `/admin/*`, comma-separated for rotation.",
-    ),
-    (
-        "RELAY_PLC_HOST",
-        "https://plc.directory",
-        "PLC directory used to resolve did:plc.",
-    ),
-    (
-        "RELAY_BOOTSTRAP_HOST",
-        "https://bsky.network",
-        "Relay whose `listHosts` seeds the host list at start-up; empty for none.",
-    ),
-    (
-        "RELAY_ALLOW_INSECURE_HOSTS",
-        "false",
-        "Dev mode: allow `ws://`/`http://` and `localhost:PORT` upstreams, skip public-IP checks.",
-    ),
-    (
-        "RELAY_LENIENT_SYNC_VALIDATION",
-        "false",
-        "indigo's lenient mode: accept `tooBig`, `rebase`, missing `prevData`, bad `time`.",
-    ),
-    (
-        "RELAY_OPTIMISTIC_VALIDATION",
-        "false",
-        "zlay's mode: pass events through unverified while a DID's key is being resolved.",
-    ),
-    (
-        "RELAY_TRUSTED_DOMAINS",
-        "*.host.bsky.network",
-        "Comma-separated hosts (`*.suffix` or exact) given the trusted account limit.",
-    ),
-    (
-        "RELAY_DEFAULT_ACCOUNT_LIMIT",
-        "100",
-        "Accounts per untrusted host before new ones are `throttled` (deleted accounts do not count).",
-    ),
-    (
-        "RELAY_TRUSTED_ACCOUNT_LIMIT",
-        "10000000",
-        "Account limit for trusted hosts.",
-    ),
-    (
-        "RELAY_NEW_HOSTS_PER_DAY_LIMIT",
-        "50",
-        "New hosts accepted per day through public requestCrawl.",
-    ),
-    (
-        "RELAY_DISABLE_REQUEST_CRAWL",
-        "false",
-        "Refuse public requestCrawl (admin requestCrawl still works).",
-    ),
-    (
-        "RELAY_REPLAY_WINDOW",
-        "72h",
-        "How long events stay in the disk log for cursor replay.",
-    ),
-    (
-        "RELAY_INITIAL_SEQ_NUMBER",
-        "1",
-        "Floor for the relay's sequence numbers (jump ahead after a wipe).",
-    ),
-    (
-        "RELAY_ACCOUNT_CACHE_SIZE",
-        "500000",
-        "Accounts kept in memory (a few hundred bytes each); others are read from the store when they next appear.",
-    ),
-    (
-        "RELAY_RING_CAPACITY",
-        "50000",
-        "Frames kept in memory for fast replay and fan-out.",
-    ),
-    (
-        "RELAY_CONSUMER_STALL_TIMEOUT",
-        "30s",
-        "A consumer that makes no progress this long gets `ConsumerTooSlow`.",
-    ),
-    ("RELAY_RESOLVER_THREADS", "4", "DID resolver threads."),
-    (
-        "RELAY_UPSTREAM_STALL_TIMEOUT",
-        "90s",
-        "Reconnect to a host that sent nothing (not even a pong) for this long.",
-    ),
-    (
-        "RELAY_IDLE_HOST_RETRY",
-        "15m",
-        "Wait before re-probing a host that answered `FutureCursor` (it lost its history).",
-    ),
-    (
-        "RELAY_HOST_EVENT_RATE",
-        "50",
-        "Base per-second event rate per host (plus account limit / 1000); excess is slowed, not dropped.",
-    ),
-    (
-        "RELAY_BACKFILL_HOST",
-        "https://bsky.network",
-        "Upstream for collection-index backfill (`listReposByCollection`).",
-    ),
-    (
-        "RELAY_BACKFILL_COLLECTIONS_FILE",
-        "(none)",
-        "File of NSIDs (one per line) to backfill besides those already seen.",
-    ),
-    (
-        "RELAY_BACKFILL_PAGE_SIZE",
-        "1000",
-        "DIDs asked for per backfill page (1-2000).",
-    ),
-    (
-        "RELAY_BACKFILL_PAGE_PAUSE",
-        "1s",
-        "Pause between backfill pages, to be gentle with the upstream.",
-    ),
-    (
-        "RELAY_LOG_LEVEL",
-        "info",
-        "error, warn, info, debug or trace.",
-    ),
-];
-
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("configuration: {name}={value:?} is invalid: {why}")]
-pub struct ConfigError {
-    pub name: String,
-    pub value: String,
-    pub why: String,
+/// Every setting of `serve` (and of the commands that open the relay's state), as `clap` reads
+/// them: a `--flag`, else its `RELAY_*` variable, else the default. `rlay serve --help` lists
+/// them, and a test checks the README's configuration table against these same definitions.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Relay settings (flag, or the environment variable shown)")]
+pub struct Settings {
+    /// Data directory: event log segments, RocksDB collection index, default SQLite database.
+    #[arg(
+        long,
+        env = "RELAY_DATA_DIR",
+        default_value = "./data",
+        value_name = "DIR"
+    )]
+    data_dir: PathBuf,
+    /// State store: `postgres://user:pass@host/db` or `sqlite://PATH`. [default: sqlite://<data dir>/rlay.sqlite]
+    #[arg(long, env = "DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
+    /// HTTP API, admin API and the firehose WebSocket, on one port.
+    #[arg(
+        long,
+        env = "RELAY_API_LISTEN",
+        default_value = "0.0.0.0:3000",
+        value_name = "ADDR"
+    )]
+    api_listen: String,
+    /// Prometheus `/metrics`; empty to disable.
+    #[arg(
+        long,
+        env = "RELAY_METRICS_LISTEN",
+        default_value = "0.0.0.0:3001",
+        value_name = "ADDR"
+    )]
+    metrics_listen: String,
+    /// Admin password(s) for `/admin/*`, comma-separated for rotation. [default: (random, logged at start)]
+    #[arg(
+        long,
+        env = "RELAY_ADMIN_PASSWORD",
+        value_name = "PW[,PW]",
+        hide_env_values = true
+    )]
+    admin_password: Option<String>,
+    /// PLC directory used to resolve did:plc.
+    #[arg(
+        long,
+        env = "RELAY_PLC_HOST",
+        default_value = "https://plc.directory",
+        value_name = "URL"
+    )]
+    plc_host: String,
+    /// Relay whose `listHosts` seeds the host list at start-up; empty for none.
+    #[arg(
+        long,
+        env = "RELAY_BOOTSTRAP_HOST",
+        default_value = "https://bsky.network",
+        value_name = "URL"
+    )]
+    bootstrap_host: String,
+    /// Dev mode: allow `ws://`/`http://` and `localhost:PORT` upstreams, skip public-IP checks.
+    #[arg(long, env = "RELAY_ALLOW_INSECURE_HOSTS", default_value = "false", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    allow_insecure_hosts: bool,
+    /// indigo's lenient mode: accept `tooBig`, `rebase`, missing `prevData`, bad `time`.
+    #[arg(long, env = "RELAY_LENIENT_SYNC_VALIDATION", default_value = "false", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    lenient_sync_validation: bool,
+    /// zlay's mode: pass events through unverified while a DID's key is being resolved.
+    #[arg(long, env = "RELAY_OPTIMISTIC_VALIDATION", default_value = "false", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    optimistic_validation: bool,
+    /// Comma-separated hosts (`*.suffix` or exact) given the trusted account limit.
+    #[arg(
+        long,
+        env = "RELAY_TRUSTED_DOMAINS",
+        default_value = "*.host.bsky.network",
+        value_name = "LIST"
+    )]
+    trusted_domains: String,
+    /// Accounts per untrusted host before new ones are `throttled` (deleted accounts do not count).
+    #[arg(
+        long,
+        env = "RELAY_DEFAULT_ACCOUNT_LIMIT",
+        default_value = "100",
+        value_name = "N"
+    )]
+    default_account_limit: i64,
+    /// Account limit for trusted hosts.
+    #[arg(
+        long,
+        env = "RELAY_TRUSTED_ACCOUNT_LIMIT",
+        default_value = "10000000",
+        value_name = "N"
+    )]
+    trusted_account_limit: i64,
+    /// New hosts accepted per day through public requestCrawl.
+    #[arg(
+        long,
+        env = "RELAY_NEW_HOSTS_PER_DAY_LIMIT",
+        default_value = "50",
+        value_name = "N"
+    )]
+    new_hosts_per_day_limit: u32,
+    /// Refuse public requestCrawl (admin requestCrawl still works).
+    #[arg(long, env = "RELAY_DISABLE_REQUEST_CRAWL", default_value = "false", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    disable_request_crawl: bool,
+    /// How long events stay in the disk log for cursor replay.
+    #[arg(long, env = "RELAY_REPLAY_WINDOW", default_value = "72h", value_name = "DURATION", value_parser = duration)]
+    replay_window: Duration,
+    /// Floor for the relay's sequence numbers (jump ahead after a wipe).
+    #[arg(
+        long,
+        env = "RELAY_INITIAL_SEQ_NUMBER",
+        default_value = "1",
+        value_name = "SEQ"
+    )]
+    initial_seq_number: i64,
+    /// Accounts kept in memory (a few hundred bytes each); others are read from the store when they next appear.
+    #[arg(
+        long,
+        env = "RELAY_ACCOUNT_CACHE_SIZE",
+        default_value = "500000",
+        value_name = "N"
+    )]
+    account_cache_size: usize,
+    /// Frames kept in memory for fast replay and fan-out.
+    #[arg(
+        long,
+        env = "RELAY_RING_CAPACITY",
+        default_value = "50000",
+        value_name = "N"
+    )]
+    ring_capacity: usize,
+    /// A consumer that makes no progress this long gets `ConsumerTooSlow`.
+    #[arg(long, env = "RELAY_CONSUMER_STALL_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = duration)]
+    consumer_stall_timeout: Duration,
+    /// DID resolver threads.
+    #[arg(long, env = "RELAY_RESOLVER_THREADS", default_value = "4", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    resolver_threads: u16,
+    /// Reconnect to a host that sent nothing (not even a pong) for this long.
+    #[arg(long, env = "RELAY_UPSTREAM_STALL_TIMEOUT", default_value = "90s", value_name = "DURATION", value_parser = duration)]
+    upstream_stall_timeout: Duration,
+    /// Wait before re-probing a host that answered `FutureCursor` (it lost its history).
+    #[arg(long, env = "RELAY_IDLE_HOST_RETRY", default_value = "15m", value_name = "DURATION", value_parser = duration)]
+    idle_host_retry: Duration,
+    /// Base per-second event rate per host (plus account limit / 1000); excess is slowed, not dropped.
+    #[arg(
+        long,
+        env = "RELAY_HOST_EVENT_RATE",
+        default_value = "50",
+        value_name = "N"
+    )]
+    host_event_rate: u32,
+    /// Upstream for collection-index backfill (`listReposByCollection`).
+    #[arg(
+        long,
+        env = "RELAY_BACKFILL_HOST",
+        default_value = "https://bsky.network",
+        value_name = "URL"
+    )]
+    backfill_host: String,
+    /// File of NSIDs (one per line) to backfill besides those already seen. [default: (none)]
+    #[arg(long, env = "RELAY_BACKFILL_COLLECTIONS_FILE", value_name = "PATH")]
+    backfill_collections_file: Option<PathBuf>,
+    /// DIDs asked for per backfill page (1-2000).
+    #[arg(long, env = "RELAY_BACKFILL_PAGE_SIZE", default_value = "1000", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=2000))]
+    backfill_page_size: u16,
+    /// Pause between backfill pages, to be gentle with the upstream.
+    #[arg(long, env = "RELAY_BACKFILL_PAGE_PAUSE", default_value = "1s", value_name = "DURATION", value_parser = duration)]
+    backfill_page_pause: Duration,
+    /// error, warn, info, debug or trace.
+    #[arg(long, env = "RELAY_LOG_LEVEL", default_value = "info", value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    log_level: String,
 }
 
+/// One setting as documented: its variable, its default as shown, and its meaning.
 #[derive(Debug, Clone)]
-pub struct Config {
-    pub data_dir: PathBuf,
-    pub database_url: Option<String>,
-    pub api_listen: String,
-    pub metrics_listen: String,
-    pub admin_passwords: Vec<String>,
-    pub plc_host: String,
-    pub bootstrap_host: Option<String>,
-    pub allow_insecure_hosts: bool,
-    pub lenient_sync_validation: bool,
-    pub optimistic_validation: bool,
-    pub trusted_domains: Vec<String>,
-    pub default_account_limit: i64,
-    pub trusted_account_limit: i64,
-    pub new_hosts_per_day: u32,
-    pub disable_request_crawl: bool,
-    pub replay_window: Duration,
-    pub initial_seq: i64,
-    pub ring_capacity: usize,
-    pub account_cache_size: usize,
-    pub consumer_stall_timeout: Duration,
-    pub resolver_threads: usize,
-    pub upstream_stall_timeout: Duration,
-    pub idle_host_retry: Duration,
-    pub host_event_rate: u32,
-    pub backfill_host: String,
-    pub backfill_collections_file: Option<PathBuf>,
-    pub backfill_page_size: usize,
-    pub backfill_page_pause: Duration,
-    pub log_level: String,
+pub struct Variable {
+    pub name: String,
+    pub default: String,
+    pub help: String,
 }
 
-/// `--api-listen` for `RELAY_API_LISTEN`, `--database-url` for `DATABASE_URL`.
-pub fn flag_name(var: &str) -> String {
-    var.strip_prefix("RELAY_")
-        .unwrap_or(var)
-        .to_ascii_lowercase()
-        .replace('_', "-")
+/// Every setting, read from the `clap` definitions above (the README's table is checked
+/// against this). A setting without a literal default states it in its help as `[default: …]`.
+pub fn variables() -> Vec<Variable> {
+    use clap::Args as _;
+    let cmd = Settings::augment_args(clap::Command::new("serve"));
+    cmd.get_arguments()
+        .filter_map(|a| {
+            let name = a.get_env()?.to_string_lossy().into_owned();
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let (help, default) = match help.split_once(" [default: ") {
+                Some((h, d)) => (h.to_owned(), d.trim_end_matches(']').to_owned()),
+                None => {
+                    let d = a.get_default_values().first();
+                    (
+                        help,
+                        d.map(|d| d.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    )
+                }
+            };
+            Some(Variable {
+                name,
+                default,
+                help,
+            })
+        })
+        .collect()
 }
 
 /// Parses `72h`, `30s`, `5m`, `100ms`, `2d` (a bare number is seconds).
@@ -218,117 +230,112 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
-struct Source<'a> {
-    args: &'a Args,
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).ok_or_else(|| "expected a duration like 72h, 30s, 5m or 500ms".to_owned())
 }
 
-impl Source<'_> {
-    fn raw(&self, var: &str) -> Option<String> {
-        self.args
-            .flag(&flag_name(var))
-            .map(str::to_owned)
-            .or_else(|| std::env::var(var).ok())
-    }
+fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
 
-    fn default_of(var: &str) -> &'static str {
-        VARS.iter().find(|v| v.0 == var).map(|v| v.1).unwrap_or("")
-    }
+/// A URL setting with its trailing slashes cut; empty means "none".
+fn url(s: &str) -> Option<String> {
+    let s = s.trim().trim_end_matches('/');
+    (!s.is_empty()).then(|| s.to_owned())
+}
 
-    fn string(&self, var: &str) -> String {
-        self.raw(var)
-            .unwrap_or_else(|| Self::default_of(var).to_owned())
-    }
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) database_url: Option<String>,
+    pub(crate) api_listen: String,
+    pub(crate) metrics_listen: String,
+    pub(crate) admin_passwords: Vec<String>,
+    pub(crate) plc_host: String,
+    pub(crate) bootstrap_host: Option<String>,
+    pub(crate) allow_insecure_hosts: bool,
+    pub(crate) lenient_sync_validation: bool,
+    pub(crate) optimistic_validation: bool,
+    pub(crate) trusted_domains: Vec<String>,
+    pub(crate) default_account_limit: i64,
+    pub(crate) trusted_account_limit: i64,
+    pub(crate) new_hosts_per_day: u32,
+    pub(crate) disable_request_crawl: bool,
+    pub(crate) replay_window: Duration,
+    pub(crate) initial_seq: i64,
+    pub(crate) ring_capacity: usize,
+    pub(crate) account_cache_size: usize,
+    pub(crate) consumer_stall_timeout: Duration,
+    pub(crate) resolver_threads: usize,
+    pub(crate) upstream_stall_timeout: Duration,
+    pub(crate) idle_host_retry: Duration,
+    pub(crate) host_event_rate: u32,
+    pub(crate) backfill_host: String,
+    pub(crate) backfill_collections_file: Option<PathBuf>,
+    pub(crate) backfill_page_size: usize,
+    pub(crate) backfill_page_pause: Duration,
+    pub(crate) log_level: String,
+}
 
-    fn parse<T: std::str::FromStr>(&self, var: &str) -> Result<T, ConfigError> {
-        let v = self.string(var);
-        v.trim().parse().map_err(|_| ConfigError {
-            name: var.into(),
-            value: v.clone(),
-            why: "not a number".into(),
-        })
-    }
-
-    fn bool(&self, var: &str) -> Result<bool, ConfigError> {
-        let v = self.string(var);
-        match v.trim().to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" | "" => Ok(false),
-            _ => Err(ConfigError {
-                name: var.into(),
-                value: v,
-                why: "expected true or false".into(),
-            }),
+impl Settings {
+    /// The configuration these settings describe.
+    pub fn config(&self) -> Config {
+        Config {
+            data_dir: self.data_dir.clone(),
+            database_url: self.database_url.clone().filter(|u| !u.trim().is_empty()),
+            api_listen: self.api_listen.clone(),
+            metrics_listen: self.metrics_listen.clone(),
+            admin_passwords: self.admin_password.as_deref().map(list).unwrap_or_default(),
+            plc_host: self.plc_host.trim_end_matches('/').to_owned(),
+            bootstrap_host: url(&self.bootstrap_host),
+            allow_insecure_hosts: self.allow_insecure_hosts,
+            lenient_sync_validation: self.lenient_sync_validation,
+            optimistic_validation: self.optimistic_validation,
+            trusted_domains: list(&self.trusted_domains),
+            default_account_limit: self.default_account_limit,
+            trusted_account_limit: self.trusted_account_limit,
+            new_hosts_per_day: self.new_hosts_per_day_limit,
+            disable_request_crawl: self.disable_request_crawl,
+            replay_window: self.replay_window,
+            initial_seq: self.initial_seq_number,
+            ring_capacity: self.ring_capacity,
+            account_cache_size: self.account_cache_size,
+            consumer_stall_timeout: self.consumer_stall_timeout,
+            resolver_threads: usize::from(self.resolver_threads),
+            upstream_stall_timeout: self.upstream_stall_timeout,
+            idle_host_retry: self.idle_host_retry,
+            host_event_rate: self.host_event_rate,
+            backfill_host: self.backfill_host.trim_end_matches('/').to_owned(),
+            backfill_collections_file: self
+                .backfill_collections_file
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
+            backfill_page_size: usize::from(self.backfill_page_size),
+            backfill_page_pause: self.backfill_page_pause,
+            log_level: self.log_level.clone(),
         }
-    }
-
-    fn duration(&self, var: &str) -> Result<Duration, ConfigError> {
-        let v = self.string(var);
-        parse_duration(&v).ok_or(ConfigError {
-            name: var.into(),
-            value: v,
-            why: "expected a duration like 72h, 30s, 500ms".into(),
-        })
-    }
-
-    fn list(&self, var: &str) -> Vec<String> {
-        self.string(var)
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn optional(&self, var: &str) -> Option<String> {
-        self.raw(var).filter(|s| !s.trim().is_empty())
     }
 }
 
 impl Config {
-    pub fn load(args: &Args) -> Result<Config, ConfigError> {
-        let s = Source { args };
-        let bootstrap = s.string("RELAY_BOOTSTRAP_HOST");
-        let backfill_file = s
-            .optional("RELAY_BACKFILL_COLLECTIONS_FILE")
-            .map(PathBuf::from);
-        Ok(Config {
-            data_dir: PathBuf::from(s.string("RELAY_DATA_DIR")),
-            database_url: s.optional("DATABASE_URL"),
-            api_listen: s.string("RELAY_API_LISTEN"),
-            metrics_listen: s.string("RELAY_METRICS_LISTEN"),
-            admin_passwords: s
-                .raw("RELAY_ADMIN_PASSWORD")
-                .map(|_| s.list("RELAY_ADMIN_PASSWORD"))
-                .unwrap_or_default(),
-            plc_host: s.string("RELAY_PLC_HOST").trim_end_matches('/').to_owned(),
-            bootstrap_host: (!bootstrap.trim().is_empty())
-                .then(|| bootstrap.trim_end_matches('/').to_owned()),
-            allow_insecure_hosts: s.bool("RELAY_ALLOW_INSECURE_HOSTS")?,
-            lenient_sync_validation: s.bool("RELAY_LENIENT_SYNC_VALIDATION")?,
-            optimistic_validation: s.bool("RELAY_OPTIMISTIC_VALIDATION")?,
-            trusted_domains: s.list("RELAY_TRUSTED_DOMAINS"),
-            default_account_limit: s.parse("RELAY_DEFAULT_ACCOUNT_LIMIT")?,
-            trusted_account_limit: s.parse("RELAY_TRUSTED_ACCOUNT_LIMIT")?,
-            new_hosts_per_day: s.parse("RELAY_NEW_HOSTS_PER_DAY_LIMIT")?,
-            disable_request_crawl: s.bool("RELAY_DISABLE_REQUEST_CRAWL")?,
-            replay_window: s.duration("RELAY_REPLAY_WINDOW")?,
-            initial_seq: s.parse("RELAY_INITIAL_SEQ_NUMBER")?,
-            ring_capacity: s.parse("RELAY_RING_CAPACITY")?,
-            account_cache_size: s.parse("RELAY_ACCOUNT_CACHE_SIZE")?,
-            consumer_stall_timeout: s.duration("RELAY_CONSUMER_STALL_TIMEOUT")?,
-            resolver_threads: s.parse::<usize>("RELAY_RESOLVER_THREADS")?.max(1),
-            upstream_stall_timeout: s.duration("RELAY_UPSTREAM_STALL_TIMEOUT")?,
-            idle_host_retry: s.duration("RELAY_IDLE_HOST_RETRY")?,
-            host_event_rate: s.parse("RELAY_HOST_EVENT_RATE")?,
-            backfill_host: s
-                .string("RELAY_BACKFILL_HOST")
-                .trim_end_matches('/')
-                .to_owned(),
-            backfill_collections_file: backfill_file,
-            backfill_page_size: s.parse::<usize>("RELAY_BACKFILL_PAGE_SIZE")?.clamp(1, 2000),
-            backfill_page_pause: s.duration("RELAY_BACKFILL_PAGE_PAUSE")?,
-            log_level: s.string("RELAY_LOG_LEVEL"),
-        })
+    /// The configuration from `serve`-style arguments (flags over environment over defaults):
+    /// how tests and benchmarks configure a relay exactly as the command line would.
+    pub fn from_args<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        use clap::Parser as _;
+        Serve::try_parse_from(args).map(|s| s.settings.config())
     }
 }
 
@@ -342,20 +349,18 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
         assert_eq!(parse_duration("3 weeks"), None);
-        assert_eq!(flag_name("RELAY_API_LISTEN"), "api-listen");
-        assert_eq!(flag_name("DATABASE_URL"), "database-url");
-        let a = Args::parse(
-            [
-                "serve",
-                "--api-listen",
-                "127.0.0.1:9",
-                "--allow-insecure-hosts",
-            ]
-            .map(String::from),
-        );
-        let c = Config::load(&a).unwrap();
+        let c = Config::from_args([
+            "serve",
+            "--api-listen",
+            "127.0.0.1:9",
+            "--allow-insecure-hosts",
+        ])
+        .unwrap();
         assert_eq!(c.api_listen, "127.0.0.1:9");
         assert!(c.allow_insecure_hosts);
         assert_eq!(c.default_account_limit, 100);
+        let c = Config::from_args(["serve", "--bootstrap-host="]).unwrap();
+        assert_eq!(c.bootstrap_host, None);
+        assert!(Config::from_args(["serve", "--replay-window=3 weeks"]).is_err());
     }
 }

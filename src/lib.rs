@@ -1,29 +1,22 @@
 //! rlay: an AT Protocol relay.
 //!
-//! The protocol core (pure, no I/O) lives in `cbor`, `cid`, `car`, `crypto`, `commit`, `mst`,
-//! `syntax`, `frame` and `verify`. See ARCHITECTURE.md for the threads and data flow.
+//! `proto` is the protocol core (pure, no I/O); `util` holds the few helpers every layer shares.
+//! The relay's layers follow the data: `ingest` (host threads, validation, account state) →
+//! `stream` (sequencer, disk log, ring, firehose consumers); `identity`, `store` and `index`
+//! serve them; `http` and `telemetry` face operators and consumers; `relay` wires it all.
+//! See ARCHITECTURE.md for the threads and the rules between modules.
 
-pub mod car;
-pub mod cbor;
-pub mod cid;
 pub mod cli;
-pub mod commit;
 pub mod config;
-pub mod crypto;
-pub mod frame;
-pub mod gauges;
 pub mod http;
 pub mod identity;
 pub mod index;
 pub mod ingest;
 pub mod logging;
-pub mod mst;
-pub mod net;
-pub mod procstat;
+pub mod proto;
 pub mod relay;
-pub mod repo;
 pub mod sim;
 pub mod store;
 pub mod stream;
-pub mod syntax;
-pub mod verify;
+pub mod telemetry;
+pub mod util;

@@ -37,7 +37,7 @@ impl Log for Logger {
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for the current time.
 pub fn timestamp() -> String {
-    let ms = crate::store::now_ms();
+    let ms = crate::util::now_ms();
     format_datetime_ms(ms)
 }
 
@@ -89,6 +89,6 @@ mod tests {
             super::format_datetime_ms(1_700_000_000_123),
             "2023-11-14T22:13:20.123Z"
         );
-        assert!(crate::syntax::is_valid_datetime(&super::timestamp()));
+        assert!(crate::proto::syntax::is_valid_datetime(&super::timestamp()));
     }
 }

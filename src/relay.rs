@@ -2,73 +2,52 @@
 //! host connections, write-behind flusher, HTTP API and metrics.
 
 use crate::config::Config;
-use crate::http::api::{self, Api, Ctx, Extension};
 use crate::http::auth::{AdminAuth, random_password};
-use crate::http::front::{Front, Peers};
+use crate::http::front::Front;
+use crate::http::routes::Ctx;
 use crate::identity::{Fetch, HttpFetch, Resolver, ResolverConfig};
 use crate::index::CollectionIndex;
 use crate::index::backfill::BackfillConfig;
-use crate::index::routes::IndexRoutes;
 use crate::ingest::accounts::{Accounts, SUSPENDED, TAKENDOWN};
 use crate::ingest::crawl::{CrawlConfig, Crawler};
 use crate::ingest::flusher;
 use crate::ingest::hosts::{HostHandle, Hosts};
 use crate::ingest::pipeline::{Pipeline, PipelineConfig};
 use crate::ingest::upstream::{Upstream, UpstreamConfig};
-use crate::store::{HostStatus, Store};
+use crate::store::HostStatus;
 use crate::stream::firehose::{FirehoseConfig, Hub};
 use crate::stream::{Stream, StreamConfig};
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Optional parts supplied by the caller (tests swap the identity source; extra API routes).
+/// Optional parts supplied by the caller (tests swap the identity source).
 #[derive(Default)]
 pub struct Parts {
     pub fetch: Option<Arc<dyn Fetch>>,
-    pub extensions: Vec<Arc<dyn Extension>>,
 }
 
+/// A running relay. It owns every part; callers see it through its ports (the API, the
+/// firehose, metrics) and the few accessors below.
 pub struct Relay {
-    pub cfg: Config,
-    pub store: Arc<dyn Store>,
-    pub hub: Arc<Hub>,
-    pub pipeline: Arc<Pipeline>,
-    pub hosts: Arc<Hosts>,
-    pub crawler: Arc<Crawler>,
-    pub upstream: Arc<Upstream>,
-    pub index: Arc<CollectionIndex>,
-    pub api_addr: SocketAddr,
-    pub metrics_addr: Option<SocketAddr>,
+    hub: Arc<Hub>,
+    pipeline: Arc<Pipeline>,
+    hosts: Arc<Hosts>,
+    crawler: Arc<Crawler>,
+    index: Arc<CollectionIndex>,
+    api_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     stream: Option<Stream>,
     shutdown: Arc<AtomicBool>,
     flusher: Option<JoinHandle<()>>,
 }
 
-fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
-    static HANDLE: OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
-        OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .install_recorder()
-                .map_err(|e| log::warn!("metrics: recorder not installed ({e})"))
-                .ok()
-        })
-        .clone()
-}
-
-/// The Prometheus text of every metric recorded in this process (tests read counters here).
-pub fn metrics_text() -> String {
-    metrics_handle().map(|h| h.render()).unwrap_or_default()
-}
-
 impl Relay {
     pub fn start(cfg: &Config, parts: Parts) -> Result<Relay, String> {
         // First, so every metric handle made from here on (some are cached) is a real one.
-        let prometheus = metrics_handle();
+        let prometheus = crate::telemetry::recorder();
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
         let store = crate::store::open(cfg.database_url.as_deref(), &cfg.data_dir)
@@ -160,20 +139,16 @@ impl Relay {
                 }
             }
         }
-        let pipeline = Arc::new(Pipeline {
+        let pipeline = Pipeline::new(
             accounts,
-            recovered: Default::default(),
             resolver,
-            sequencer: stream.sequencer.clone(),
-            hosts: hosts.clone(),
-            hidden: hub.hidden.clone(),
-            cfg: PipelineConfig {
-                lenient: cfg.lenient_sync_validation,
-                optimistic: cfg.optimistic_validation,
-                ..PipelineConfig::default()
-            },
-            observer: Some(index.writer.clone()),
-        });
+            stream.sequencer.clone(),
+            hosts.clone(),
+            hub.hidden.clone(),
+            PipelineConfig::new(cfg.lenient_sync_validation, cfg.optimistic_validation),
+            Some(index.writer.clone()),
+        )
+        .map_err(|e| format!("cannot start the identity gate threads: {e}"))?;
         let upstream = Arc::new(Upstream {
             pipeline: pipeline.clone(),
             store: store.clone(),
@@ -232,52 +207,27 @@ impl Relay {
             log::warn!("RELAY_ADMIN_PASSWORD is not set; this run's admin password is {pw}");
             passwords.push(pw);
         }
-        let peers = Arc::new(Peers::default());
-        let ctx = Arc::new(Ctx {
+        let ctx = Ctx {
             store: store.clone(),
             hub: hub.clone(),
             pipeline: pipeline.clone(),
             hosts: hosts.clone(),
             crawler: crawler.clone(),
+            index: index.clone(),
             admin: AdminAuth::new(&passwords),
-            extensions: {
-                let mut e = parts.extensions;
-                e.push(Arc::new(IndexRoutes {
-                    index: index.clone(),
-                }));
-                e
-            },
-        });
-        let backend = api::start(
-            Arc::new(Api {
-                peers: peers.clone(),
-                ctx: Some(ctx),
-            }),
-            8,
-        )
-        .map_err(|e| e.to_string())?;
+        };
         let listener = TcpListener::bind(&cfg.api_listen).map_err(|e| {
             format!(
                 "cannot listen on {} (RELAY_API_LISTEN): {e}",
                 cfg.api_listen
             )
         })?;
-        let api_addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let front = Arc::new(Front {
-            hub: hub.clone(),
-            backend,
-            peers,
-            shutdown: shutdown.clone(),
-        });
-        std::thread::Builder::new()
-            .name("api-accept".into())
-            .stack_size(1 << 20)
-            .spawn(move || front.run(listener))
-            .map_err(|e| e.to_string())?;
+        let api_addr = Front::start(listener, hub.clone(), Some(ctx), shutdown.clone())
+            .map_err(|e| format!("cannot start the API threads: {e}"))?;
 
         let metrics_addr = match prometheus {
             Some(h) if !cfg.metrics_listen.is_empty() => Some(
-                api::start_metrics(&cfg.metrics_listen, h)
+                crate::telemetry::serve(&cfg.metrics_listen, h)
                     .map_err(|e| format!("{e} (RELAY_METRICS_LISTEN)"))?,
             ),
             _ => None,
@@ -316,8 +266,8 @@ impl Relay {
                 .map_err(|e| e.to_string())?;
         }
         index.backfill.resume();
-        crate::gauges::spawn(
-            crate::gauges::Sources {
+        crate::telemetry::gauges::spawn(
+            crate::telemetry::gauges::Sources {
                 hub: hub.clone(),
                 hosts: hosts.clone(),
                 pipeline: pipeline.clone(),
@@ -330,13 +280,10 @@ impl Relay {
             metrics_addr.map_or("disabled".to_owned(), |a| format!("on {a}"))
         );
         Ok(Relay {
-            cfg: cfg.clone(),
-            store,
             hub,
             pipeline,
             hosts,
             crawler,
-            upstream,
             index,
             api_addr,
             metrics_addr,
@@ -344,6 +291,58 @@ impl Relay {
             shutdown,
             flusher: Some(flusher),
         })
+    }
+
+    /// The API and firehose address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The metrics address, when metrics are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    // Test accessors: what a test needs to know about the relay that its ports do not say
+    // precisely enough (exact positions, idleness). They read; they change nothing.
+
+    /// The last sequenced seq.
+    pub fn head_seq(&self) -> u64 {
+        self.hub.ring.head()
+    }
+
+    /// No identity lookup under way and no event waiting for one.
+    pub fn is_idle(&self) -> bool {
+        self.pipeline.is_idle()
+    }
+
+    /// Accounts held in memory.
+    pub fn accounts_in_memory(&self) -> usize {
+        self.pipeline.accounts().len()
+    }
+
+    /// Downstream consumers connected now.
+    pub fn consumer_count(&self) -> usize {
+        self.hub.registry.count()
+    }
+
+    /// A host's live state, by hostname.
+    pub fn host(&self, hostname: &str) -> Option<Arc<HostHandle>> {
+        self.hosts.by_name(hostname)
+    }
+
+    /// The hostname the relay has an account on.
+    pub fn account_host(&self, did: &str) -> Option<String> {
+        let acct = self.pipeline.accounts().get(did).ok().flatten()?;
+        Some(self.hosts.get(acct.host_id)?.hostname().to_owned())
+    }
+
+    /// Admin requestCrawl, in-process (tests use it to connect many hosts quickly).
+    pub fn crawl(&self, hostname: &str) -> Result<(), String> {
+        self.crawler
+            .request_crawl(hostname, true)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Stops reading upstreams, flushes account state and cursors, syncs the log, and closes
@@ -354,16 +353,11 @@ impl Relay {
         // Wake the API acceptor so it sees the flag and releases the port.
         let _ = std::net::TcpStream::connect_timeout(&self.api_addr, Duration::from_secs(1));
         for h in self.hosts.all() {
-            h.kill.store(true, Ordering::SeqCst);
+            h.kill();
         }
         // Give host threads a moment to leave their read loops.
         for _ in 0..30 {
-            if self
-                .hosts
-                .all()
-                .iter()
-                .all(|h| !h.running.load(Ordering::SeqCst))
-            {
+            if self.hosts.all().iter().all(|h| !h.running()) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -1,8 +1,8 @@
 #![no_main]
 //! Any bytes as a CAR, and if it parses, walk it as an MST from its first root.
 use libfuzzer_sys::fuzz_target;
-use rlay::car::Car;
-use rlay::mst::Tree;
+use rlay::proto::car::Car;
+use rlay::proto::mst::Tree;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(car) = Car::parse(data) {

@@ -2,7 +2,7 @@
 //! Any bytes as a firehose frame: must never panic, and whatever decodes must re-encode to
 //! bytes that decode to the same event.
 use libfuzzer_sys::fuzz_target;
-use rlay::frame;
+use rlay::proto::frame;
 
 fuzz_target!(|data: &[u8]| {
     let b = bytes::Bytes::copy_from_slice(data);

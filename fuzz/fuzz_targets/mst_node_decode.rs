@@ -2,7 +2,7 @@
 //! Any bytes as an MST node: must never panic; a node that decodes re-encodes to the same bytes
 //! (the decoder accepts only canonical nodes).
 use libfuzzer_sys::fuzz_target;
-use rlay::mst::node::{decode_node, encode_node};
+use rlay::proto::mst::node::{decode_node, encode_node};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(n) = decode_node(data) {

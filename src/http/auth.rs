@@ -40,7 +40,7 @@ impl AdminAuth {
 pub fn random_password() -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(crate::verify::now_us().to_le_bytes());
+    h.update(crate::proto::verify::now_us().to_le_bytes());
     h.update(std::process::id().to_le_bytes());
     if let Ok(bytes) = std::fs::read("/proc/sys/kernel/random/uuid") {
         h.update(bytes);

@@ -10,6 +10,9 @@
 //! without blocking frame delivery, and `@atproto/sync` drops connections whose pings go
 //! unanswered.
 
+use super::head::{Head, read_head, switching_protocols, write_json_error};
+use super::routes::Ctx;
+use super::server::Api;
 use crate::stream::firehose::{Client, Hub, Start};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -18,8 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// Largest request head accepted.
-const MAX_HEAD: usize = 16 << 10;
+use super::head::MAX_HEAD;
 /// Largest request body forwarded (admin and requestCrawl bodies are tiny JSON documents).
 pub const MAX_BODY: usize = 1 << 20;
 
@@ -59,121 +61,16 @@ impl Peers {
     }
 }
 
+/// The API port: reads each connection's request head, keeps firehose consumers, forwards the
+/// rest to tiny_http.
 pub struct Front {
-    pub hub: Arc<Hub>,
+    hub: Arc<Hub>,
     /// tiny_http's loopback address.
-    pub backend: SocketAddr,
-    pub peers: Arc<Peers>,
-    pub shutdown: Arc<AtomicBool>,
+    backend: SocketAddr,
+    peers: Arc<Peers>,
+    shutdown: Arc<AtomicBool>,
 }
 
-/// A parsed request head.
-pub struct Head {
-    pub method: String,
-    pub target: String,
-    pub headers: Vec<(String, String)>,
-    /// Bytes of the head itself.
-    pub len: usize,
-}
-
-impl Head {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or("")
-    }
-
-    pub fn query(&self, key: &str) -> Option<String> {
-        let q = self.target.split_once('?')?.1;
-        q.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k == key).then(|| percent_decode(v))
-        })
-    }
-}
-
-/// Decodes `%XX` and `+` in a query component (invalid escapes are kept literally).
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 3 <= b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Reads until a complete head is buffered. `Ok(None)`: the client closed before sending one.
-pub fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Head>> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                return Ok(Some(Head {
-                    method: req.method.unwrap_or("").to_owned(),
-                    target: req.path.unwrap_or("").to_owned(),
-                    headers: req
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_owned(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect(),
-                    len,
-                }));
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
-        }
-        if buf.len() >= MAX_HEAD {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ));
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// A minimal complete response written directly by the front (errors before an upgrade).
 /// Copies tiny_http's answer to the client, adding `Connection: close` to its head (tiny_http
 /// drops that header, and without it clients would reuse a connection the front is closing).
 fn relay_response(backend: &mut TcpStream, client: &mut TcpStream) -> io::Result<()> {
@@ -205,28 +102,42 @@ fn relay_response(backend: &mut TcpStream, client: &mut TcpStream) -> io::Result
     client.flush()
 }
 
-pub fn write_json_error(
-    stream: &mut TcpStream,
-    status: u16,
-    reason: &str,
-    error: &str,
-    message: &str,
-) {
-    let body = serde_json::json!({ "error": error, "message": message }).to_string();
-    let resp = format!(
-        "HTTP/1.1 {status} {reason}\r\nServer: {}\r\nContent-Type: application/json\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        server_header(),
-        body.len()
-    );
-    let _ = stream.write_all(resp.as_bytes());
-    let _ = stream.flush();
-}
-
 impl Front {
-    /// Accepts connections until shutdown. Blocks.
+    /// Serves the API port on `listener`: the firehose from `hub` and, with a `ctx`, every
+    /// route of the table (without one, a firehose-only server, as stream tests and the
+    /// fan-out benchmark use). Returns the port's address; runs until `shutdown`.
+    pub(crate) fn start(
+        listener: TcpListener,
+        hub: Arc<Hub>,
+        ctx: Option<Ctx>,
+        shutdown: Arc<AtomicBool>,
+    ) -> io::Result<SocketAddr> {
+        let addr = listener.local_addr()?;
+        let peers = Arc::new(Peers::default());
+        let workers = if ctx.is_some() { 8 } else { 1 };
+        let api = Arc::new(Api::new(peers.clone(), ctx.map(Arc::new)));
+        let backend = super::server::start(api, workers)?;
+        let front = Arc::new(Front {
+            hub,
+            backend,
+            peers,
+            shutdown,
+        });
+        std::thread::Builder::new()
+            .name("api-accept".into())
+            .stack_size(1 << 20)
+            .spawn(move || front.run(listener))?;
+        Ok(addr)
+    }
+
+    /// A firehose-only API port on 127.0.0.1 (any free port) for `hub`.
+    pub fn serve_stream(hub: Arc<Hub>, shutdown: Arc<AtomicBool>) -> io::Result<SocketAddr> {
+        Front::start(TcpListener::bind("127.0.0.1:0")?, hub, None, shutdown)
+    }
+
     /// Accepts until shutdown. The accept blocks (a polling loop would add its poll interval to
     /// every request's latency); shutdown wakes it with a connection of its own.
-    pub fn run(self: Arc<Self>, listener: TcpListener) {
+    fn run(self: Arc<Self>, listener: TcpListener) {
         loop {
             let accepted = listener.accept();
             if self.shutdown.load(Ordering::Relaxed) {
@@ -322,12 +233,10 @@ impl Front {
         };
         // Fix the start before answering: a client holding its 101 must see every later event.
         let start: Start = self.hub.start_for(cursor);
-        let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
-        let resp = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nServer: {}\r\n\r\n",
-            server_header()
-        );
-        if stream.write_all(resp.as_bytes()).is_err() {
+        if stream
+            .write_all(switching_protocols(key, &server_header()).as_bytes())
+            .is_err()
+        {
             return;
         }
         let client = Client {

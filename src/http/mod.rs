@@ -1,5 +1,10 @@
-//! HTTP on the API port (front acceptor + tiny_http) and the metrics port.
+//! HTTP on the API port: the front acceptor (request heads, firehose upgrades, forwarding),
+//! tiny_http behind it, and the route table with its handlers.
 
-pub mod api;
+mod admin;
 pub mod auth;
 pub mod front;
+pub mod head;
+pub mod routes;
+pub mod server;
+mod sync;

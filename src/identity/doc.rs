@@ -1,8 +1,8 @@
 //! DID documents: the parts a relay needs (signing key, PDS endpoint, declared handle), extracted
 //! exactly as the DID spec says, with every field treated as hostile input.
 
-use crate::crypto::{Curve, PublicKey};
-use crate::syntax::is_valid_handle;
+use crate::proto::crypto::{Curve, PublicKey};
+use crate::proto::syntax::is_valid_handle;
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,4 +4,4 @@ pub mod doc;
 pub mod resolver;
 
 pub use doc::Identity;
-pub use resolver::{Fetch, HttpFetch, Resolution, Resolver, ResolverConfig, StaticFetch};
+pub use resolver::{Fetch, HttpFetch, Resolution, Resolved, Resolver, ResolverConfig, StaticFetch};

@@ -1,13 +1,16 @@
 //! DID resolution behind a cache, on a few resolver threads.
 //!
-//! Host threads never wait here: they ask for a DID and are called back (on a resolver thread)
-//! when it resolves. Concurrent requests for one DID share one lookup. Results are cached for
-//! 24 hours; failures for a short time, so a flapping PLC does not get hammered.
+//! The resolver only resolves: callers ask for a DID with a channel to be told on, and a
+//! resolver thread sends `Resolved` there when the lookup finishes (at once when cached). No
+//! caller code runs on resolver threads. Concurrent requests for one DID share one lookup.
+//! Results are cached for 24 hours; failures for a short time, so a flapping PLC does not get
+//! hammered.
 
 use super::doc::{self, Identity};
+use crate::util::sharded::{Sharded, lock, read, write};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -56,8 +59,8 @@ impl HttpFetch {
     pub fn new(plc_host: &str, insecure: bool) -> HttpFetch {
         HttpFetch {
             // The PLC host is configured by the operator, so it may be private (tests, mirrors).
-            plc: crate::net::http_agent(true, Duration::from_secs(10)),
-            web: crate::net::http_agent(insecure, Duration::from_secs(10)),
+            plc: crate::util::net::http_agent(true, Duration::from_secs(10)),
+            web: crate::util::net::http_agent(insecure, Duration::from_secs(10)),
             plc_host: plc_host.trim_end_matches('/').to_owned(),
             insecure,
         }
@@ -121,14 +124,19 @@ impl Fetch for HttpFetch {
 /// A fixed directory (tests, scenario runner).
 #[derive(Default)]
 pub struct StaticFetch {
-    pub docs: RwLock<HashMap<String, Resolution>>,
+    pub(crate) docs: RwLock<HashMap<String, Resolution>>,
+}
+
+impl StaticFetch {
+    /// Sets what a DID resolves to.
+    pub fn insert(&self, did: &str, res: Resolution) {
+        write(&self.docs).insert(did.to_owned(), res);
+    }
 }
 
 impl Fetch for StaticFetch {
     fn fetch(&self, did: &str) -> Resolution {
-        self.docs
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        read(&self.docs)
             .get(did)
             .cloned()
             .unwrap_or(Resolution::NotFound)
@@ -140,15 +148,30 @@ struct Entry {
     expires: Instant,
 }
 
-type Callback = Box<dyn FnOnce(&Resolution) + Send>;
+/// A finished lookup, as sent to whoever asked.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub(crate) did: String,
+    pub(crate) res: Resolution,
+}
 
 #[derive(Debug, Clone)]
 pub struct ResolverConfig {
-    pub threads: usize,
-    pub ttl: Duration,
-    pub negative_ttl: Duration,
+    pub(crate) threads: usize,
+    pub(crate) ttl: Duration,
+    pub(crate) negative_ttl: Duration,
     /// Cached identities kept at most (whole shards are trimmed beyond it).
-    pub capacity: usize,
+    pub(crate) capacity: usize,
+}
+
+impl ResolverConfig {
+    /// The defaults with `threads` lookup threads.
+    pub fn with_threads(threads: usize) -> ResolverConfig {
+        ResolverConfig {
+            threads,
+            ..ResolverConfig::default()
+        }
+    }
 }
 
 impl Default for ResolverConfig {
@@ -162,25 +185,20 @@ impl Default for ResolverConfig {
     }
 }
 
-const SHARDS: usize = 64;
-
 pub struct Resolver {
-    shards: Vec<RwLock<HashMap<String, Entry>>>,
-    inflight: Mutex<HashMap<String, Vec<Callback>>>,
+    cache: Sharded<RwLock<HashMap<String, Entry>>>,
+    /// Lookups under way, and who to tell when each finishes.
+    inflight: Mutex<HashMap<String, Vec<Sender<Resolved>>>>,
     tx: Sender<String>,
     fetch: Arc<dyn Fetch>,
     cfg: ResolverConfig,
-}
-
-fn shard_of(did: &str) -> usize {
-    (crate::stream::eventlog::did_hash(did) % SHARDS as u64) as usize
 }
 
 impl Resolver {
     pub fn start(fetch: Arc<dyn Fetch>, cfg: ResolverConfig) -> std::io::Result<Arc<Resolver>> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let r = Arc::new(Resolver {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            cache: Sharded::new(|| RwLock::new(HashMap::new())),
             inflight: Mutex::new(HashMap::new()),
             tx,
             fetch,
@@ -212,23 +230,18 @@ impl Resolver {
             log::debug!("identity: resolving {did} failed: {why}");
         }
         self.insert(did, res.clone());
-        let callbacks = self
-            .inflight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(did)
-            .unwrap_or_default();
-        for cb in callbacks {
-            cb(&res);
+        let waiters = lock(&self.inflight).remove(did).unwrap_or_default();
+        for w in waiters {
+            let _ = w.send(Resolved {
+                did: did.to_owned(),
+                res: res.clone(),
+            });
         }
     }
 
     /// A fresh cached result, if any.
     pub fn cached(&self, did: &str) -> Option<Resolution> {
-        let shard = self.shards[shard_of(did)]
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        match shard.get(did) {
+        match read(self.cache.of(did)).get(did) {
             Some(e) if e.expires > Instant::now() => {
                 metrics::counter!("atproto_directory_identity_cache_hits").increment(1);
                 Some(e.res.clone())
@@ -246,13 +259,12 @@ impl Resolver {
             Resolution::Found(_) => self.cfg.ttl,
             _ => self.cfg.negative_ttl,
         };
-        let mut shard = self.shards[shard_of(did)]
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if shard.len() >= self.cfg.capacity / SHARDS {
+        let per_shard = self.cfg.capacity / crate::util::sharded::SHARDS;
+        let mut shard = write(self.cache.of(did));
+        if shard.len() >= per_shard {
             let now = Instant::now();
             shard.retain(|_, e| e.expires > now);
-            if shard.len() >= self.cfg.capacity / SHARDS {
+            if shard.len() >= per_shard {
                 shard.clear();
             }
         }
@@ -267,27 +279,29 @@ impl Resolver {
 
     /// Forgets a DID (on `#identity`, and before a refresh-and-retry).
     pub fn purge(&self, did: &str) {
-        self.shards[shard_of(did)]
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(did);
+        write(self.cache.of(did)).remove(did);
     }
 
-    /// Calls `cb` with the DID's resolution: at once if cached, else from a resolver thread
-    /// once the (shared) lookup finishes.
-    pub fn request(&self, did: &str, cb: Callback) {
-        if let Some(r) = self.cached(did) {
-            cb(&r);
+    /// Asks for the DID's resolution, to be sent to `reply` (at once if cached). Without a
+    /// reply the lookup only warms the cache.
+    pub fn request(&self, did: &str, reply: Option<&Sender<Resolved>>) {
+        if let Some(res) = self.cached(did) {
+            if let Some(r) = reply {
+                let _ = r.send(Resolved {
+                    did: did.to_owned(),
+                    res,
+                });
+            }
             return;
         }
-        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inflight = lock(&self.inflight);
         match inflight.get_mut(did) {
             Some(v) => {
                 metrics::counter!("atproto_directory_identity_requests_coalesced").increment(1);
-                v.push(cb);
+                v.extend(reply.cloned());
             }
             None => {
-                inflight.insert(did.to_owned(), vec![cb]);
+                inflight.insert(did.to_owned(), reply.cloned().into_iter().collect());
                 drop(inflight);
                 let _ = self.tx.send(did.to_owned());
             }
@@ -297,20 +311,13 @@ impl Resolver {
     /// Resolves and waits (API paths only; never on a host thread).
     pub fn resolve_blocking(&self, did: &str, timeout: Duration) -> Resolution {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.request(
-            did,
-            Box::new(move |r| {
-                let _ = tx.send(r.clone());
-            }),
-        );
+        self.request(did, Some(&tx));
         rx.recv_timeout(timeout)
+            .map(|r| r.res)
             .unwrap_or(Resolution::Failed("timed out".into()))
     }
 
     pub fn pending(&self) -> usize {
-        self.inflight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        lock(&self.inflight).len()
     }
 }

@@ -5,16 +5,16 @@ use super::remote;
 use std::collections::BTreeSet;
 
 pub struct CollectionDiff {
-    pub collection: String,
-    pub ours: usize,
-    pub theirs: usize,
-    pub only_ours: Vec<String>,
-    pub only_theirs: Vec<String>,
+    pub(crate) collection: String,
+    pub(crate) ours: usize,
+    pub(crate) theirs: usize,
+    pub(crate) only_ours: Vec<String>,
+    pub(crate) only_theirs: Vec<String>,
 }
 
 pub struct Report {
-    pub total_collections: usize,
-    pub diffs: Vec<CollectionDiff>,
+    pub(crate) total_collections: usize,
+    pub(crate) diffs: Vec<CollectionDiff>,
 }
 
 impl Report {

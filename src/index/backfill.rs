@@ -5,7 +5,8 @@
 
 use super::db::CollectionDb;
 use super::remote;
-use crate::store::{BackfillRow, Store, now_ms};
+use crate::store::{BackfillRow, Store};
+use crate::util::now_ms;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,10 +22,10 @@ pub const FAILED: &str = "failed";
 const ATTEMPTS: u32 = 6;
 
 pub struct BackfillConfig {
-    pub host: String,
-    pub collections_file: Option<PathBuf>,
-    pub page_size: usize,
-    pub pause: Duration,
+    pub(crate) host: String,
+    pub(crate) collections_file: Option<PathBuf>,
+    pub(crate) page_size: usize,
+    pub(crate) pause: Duration,
 }
 
 pub struct Backfill {
@@ -90,7 +91,7 @@ impl Backfill {
                 if l.is_empty() || l.starts_with('#') {
                     continue;
                 }
-                if crate::syntax::is_valid_nsid(l) {
+                if crate::proto::syntax::is_valid_nsid(l) {
                     out.insert(l.to_owned());
                 } else {
                     log::warn!(
@@ -256,6 +257,10 @@ impl Backfill {
                     }
                 }
             };
+            if page.invalid > 0 {
+                metrics::counter!("rlay_backfill_invalid_dids_total")
+                    .increment(page.invalid as u64);
+            }
             let pairs: Vec<(String, String)> = page
                 .dids
                 .iter()

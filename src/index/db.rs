@@ -67,9 +67,20 @@ pub enum Change {
 
 /// A page of DIDs, and where the next page starts.
 pub struct Page {
-    pub dids: Vec<String>,
+    pub(crate) dids: Vec<String>,
     /// The last DID read, when more follow: the next page starts after it.
-    pub next: Option<String>,
+    pub(crate) next: Option<String>,
+}
+
+impl Page {
+    /// DIDs on this page.
+    pub fn len(&self) -> usize {
+        self.dids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dids.is_empty()
+    }
 }
 
 impl CollectionDb {

@@ -25,9 +25,9 @@ const COUNTS_TTL: Duration = Duration::from_secs(30);
 type Counts = Option<(Instant, Arc<BTreeMap<String, u64>>)>;
 
 pub struct CollectionIndex {
-    pub db: Arc<CollectionDb>,
-    pub writer: Arc<IndexWriter>,
-    pub backfill: Arc<Backfill>,
+    pub(crate) db: Arc<CollectionDb>,
+    pub(crate) writer: Arc<IndexWriter>,
+    pub(crate) backfill: Arc<Backfill>,
     counts: Mutex<Counts>,
 }
 

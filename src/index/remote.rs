@@ -4,15 +4,15 @@ use std::time::Duration;
 
 /// One page of an upstream's answer.
 pub struct RemotePage {
-    pub dids: Vec<String>,
-    pub cursor: Option<String>,
+    pub(crate) dids: Vec<String>,
+    pub(crate) cursor: Option<String>,
     /// Entries that were not valid DIDs (skipped).
-    pub invalid: usize,
+    pub(crate) invalid: usize,
 }
 
 pub fn agent() -> ureq::Agent {
     // Operator-chosen upstream: private addresses allowed (a relay next door, or a test).
-    crate::net::http_agent(true, Duration::from_secs(60))
+    crate::util::net::http_agent(true, Duration::from_secs(60))
 }
 
 /// The query string value, percent-encoded (cursors are opaque and may hold any byte).
@@ -68,7 +68,7 @@ pub fn fetch_page(
     let mut invalid = 0;
     for r in repos {
         match r["did"].as_str() {
-            Some(d) if crate::syntax::is_valid_did(d) => dids.push(d.to_owned()),
+            Some(d) if crate::proto::syntax::is_valid_did(d) => dids.push(d.to_owned()),
             _ => invalid += 1,
         }
     }

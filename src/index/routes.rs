@@ -1,158 +1,129 @@
 //! The index's HTTP routes: the public `listReposByCollection`, and admin routes to list
 //! collections and drive the backfill.
 
-use super::CollectionIndex;
 use super::backfill::{DONE, FAILED, PENDING, RUNNING};
-use crate::http::api::{Ctx, Extension, Req, Resp, json_response, xrpc_error};
+use crate::http::routes::Ctx;
+use crate::http::server::{Req, Resp, internal, json_response, xrpc_error};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::json;
-use std::sync::Arc;
-use tiny_http::Method;
-
-pub const LIST_REPOS_BY_COLLECTION: &str = "/xrpc/com.atproto.sync.listReposByCollection";
 
 /// Most index keys one request reads while skipping inactive accounts.
 const MIN_SCAN_BUDGET: usize = 20_000;
 
-pub struct IndexRoutes {
-    pub index: Arc<CollectionIndex>,
-}
-
-fn internal(e: impl std::fmt::Display) -> Resp {
-    xrpc_error(500, "InternalServerError", &e.to_string())
-}
-
-impl IndexRoutes {
-    fn list_repos_by_collection(&self, r: &Req, ctx: &Ctx) -> Result<Resp, Resp> {
-        let collection = r.param("collection").unwrap_or("");
-        if !crate::syntax::is_valid_nsid(collection) {
-            return Err(xrpc_error(
-                400,
-                "BadRequest",
-                "collection must be a valid NSID, like app.bsky.feed.post",
-            ));
-        }
-        let limit = r.limit(500, 2000)?;
-        let after = match r.param("cursor") {
-            None | Some("") => None,
-            Some(c) => Some(
-                URL_SAFE_NO_PAD
-                    .decode(c)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .filter(|d| crate::syntax::is_valid_did(d))
-                    .ok_or_else(|| {
-                        xrpc_error(400, "InvalidRequest", "cursor is not one this relay issued")
-                    })?,
-            ),
-        };
-        // Accounts the relay knows to be inactive are left out (looked up a page at a time);
-        // DIDs known only from a backfill are listed, as the upstream listed them. A run of
-        // inactive accounts is skipped, but at most `scan_budget` keys per request.
-        let scan_budget = (limit * 10).max(MIN_SCAN_BUDGET);
-        let mut dids: Vec<String> = Vec::with_capacity(limit);
-        let mut scanned = 0;
-        let mut from = after;
-        let next = loop {
-            let want = limit - dids.len();
-            let page = self
-                .index
-                .db
-                .page(collection, from.as_deref(), want)
-                .map_err(internal)?;
-            scanned += page.dids.len();
-            let known = ctx
-                .pipeline
-                .accounts
-                .lookup_many(&page.dids)
-                .map_err(internal)?;
-            dids.extend(
-                page.dids
-                    .into_iter()
-                    .filter(|d| known.get(d).is_none_or(|a| a.combined().0)),
-            );
-            match page.next {
-                Some(n) if dids.len() < limit && scanned < scan_budget => from = Some(n),
-                other => break other,
-            }
-        };
-        let repos: Vec<_> = dids.iter().map(|d| json!({ "did": d })).collect();
-        let mut body = json!({ "repos": repos });
-        if let Some(next) = next {
-            body["cursor"] = json!(URL_SAFE_NO_PAD.encode(next.as_bytes()));
-        }
-        Ok(json_response(200, &body))
+pub(crate) fn list_repos_by_collection(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
+    let collection = r.param("collection").unwrap_or("");
+    if !crate::proto::syntax::is_valid_nsid(collection) {
+        return Err(xrpc_error(
+            400,
+            "BadRequest",
+            "collection must be a valid NSID, like app.bsky.feed.post",
+        ));
     }
-
-    fn list_collections(&self, r: &Req) -> Result<Resp, Resp> {
-        let counts = self
+    let limit = r.limit(500, 2000)?;
+    let after = match r.param("cursor") {
+        None | Some("") => None,
+        Some(c) => Some(
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|d| crate::proto::syntax::is_valid_did(d))
+                .ok_or_else(|| {
+                    xrpc_error(400, "InvalidRequest", "cursor is not one this relay issued")
+                })?,
+        ),
+    };
+    // Accounts the relay knows to be inactive are left out (looked up a page at a time);
+    // DIDs known only from a backfill are listed, as the upstream listed them. A run of
+    // inactive accounts is skipped, but at most `scan_budget` keys per request.
+    let scan_budget = (limit * 10).max(MIN_SCAN_BUDGET);
+    let mut dids: Vec<String> = Vec::with_capacity(limit);
+    let mut scanned = 0;
+    let mut from = after;
+    let next = loop {
+        let want = limit - dids.len();
+        let page = ctx
             .index
-            .counts(r.param("fresh") == Some("true"))
+            .db
+            .page(collection, from.as_deref(), want)
             .map_err(internal)?;
-        Ok(json_response(
-            200,
-            &json!({ "collections": *counts, "count": counts.len() }),
-        ))
+        scanned += page.dids.len();
+        let known = ctx
+            .pipeline
+            .accounts()
+            .lookup_many(&page.dids)
+            .map_err(internal)?;
+        dids.extend(
+            page.dids
+                .into_iter()
+                .filter(|d| known.get(d).is_none_or(|a| a.combined().0)),
+        );
+        match page.next {
+            Some(n) if dids.len() < limit && scanned < scan_budget => from = Some(n),
+            other => break other,
+        }
+    };
+    let repos: Vec<_> = dids.iter().map(|d| json!({ "did": d })).collect();
+    let mut body = json!({ "repos": repos });
+    if let Some(next) = next {
+        body["cursor"] = json!(URL_SAFE_NO_PAD.encode(next.as_bytes()));
     }
-
-    fn backfill_status(&self, ctx: &Ctx) -> Result<Resp, Resp> {
-        let rows = ctx.store.backfill_list().map_err(internal)?;
-        let count = |s: &str| rows.iter().filter(|r| r.state == s).count();
-        let list: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                json!({
-                    "collection": r.collection, "state": r.state, "imported": r.imported,
-                    "cursor": r.cursor,
-                    "updatedAt": crate::logging::format_datetime_ms(r.updated_at),
-                })
-            })
-            .collect();
-        let b = &self.index.backfill;
-        Ok(json_response(
-            200,
-            &json!({
-                "running": b.is_running(),
-                "host": b.host(),
-                "lastError": b.last_error(),
-                "pending": count(PENDING), "inProgress": count(RUNNING),
-                "done": count(DONE), "failed": count(FAILED),
-                "imported": rows.iter().map(|r| r.imported).sum::<i64>(),
-                "collections": list,
-            }),
-        ))
-    }
-
-    fn backfill_trigger(&self, r: &Req) -> Result<Resp, Resp> {
-        let restart = if r.body.iter().all(u8::is_ascii_whitespace) {
-            false
-        } else {
-            r.json()?["restart"].as_bool().unwrap_or(false)
-        };
-        let queued = self
-            .index
-            .backfill
-            .trigger(restart)
-            .map_err(|e| xrpc_error(500, "BackfillFailed", &e))?;
-        Ok(json_response(
-            200,
-            &json!({ "queued": queued, "running": self.index.backfill.is_running(), "host": self.index.backfill.host() }),
-        ))
-    }
+    Ok(json_response(200, &body))
 }
 
-impl Extension for IndexRoutes {
-    fn handle(&self, r: &Req, ctx: &Ctx) -> Option<Resp> {
-        let get = r.method == Method::Get;
-        let post = r.method == Method::Post;
-        let out = match (r.path.as_str(), get, post) {
-            (LIST_REPOS_BY_COLLECTION, true, _) => self.list_repos_by_collection(r, ctx),
-            ("/admin/collections/list", true, _) => self.list_collections(r),
-            ("/admin/collections/backfill", true, _) => self.backfill_status(ctx),
-            ("/admin/collections/backfill", _, true) => self.backfill_trigger(r),
-            _ => return None,
-        };
-        Some(out.unwrap_or_else(|e| e))
-    }
+pub(crate) fn list_collections(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
+    let counts = ctx
+        .index
+        .counts(r.param("fresh") == Some("true"))
+        .map_err(internal)?;
+    Ok(json_response(
+        200,
+        &json!({ "collections": *counts, "count": counts.len() }),
+    ))
+}
+
+pub(crate) fn backfill_status(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
+    let rows = ctx.store.backfill_list().map_err(internal)?;
+    let count = |s: &str| rows.iter().filter(|r| r.state == s).count();
+    let list: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "collection": r.collection, "state": r.state, "imported": r.imported,
+                "cursor": r.cursor,
+                "updatedAt": crate::logging::format_datetime_ms(r.updated_at),
+            })
+        })
+        .collect();
+    let b = &ctx.index.backfill;
+    Ok(json_response(
+        200,
+        &json!({
+            "running": b.is_running(),
+            "host": b.host(),
+            "lastError": b.last_error(),
+            "pending": count(PENDING), "inProgress": count(RUNNING),
+            "done": count(DONE), "failed": count(FAILED),
+            "imported": rows.iter().map(|r| r.imported).sum::<i64>(),
+            "collections": list,
+        }),
+    ))
+}
+
+pub(crate) fn backfill_trigger(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
+    let restart = if r.body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        r.json()?["restart"].as_bool().unwrap_or(false)
+    };
+    let queued = ctx
+        .index
+        .backfill
+        .trigger(restart)
+        .map_err(|e| xrpc_error(500, "BackfillFailed", &e.to_string()))?;
+    Ok(json_response(
+        200,
+        &json!({ "queued": queued, "running": ctx.index.backfill.is_running(), "host": ctx.index.backfill.host() }),
+    ))
 }

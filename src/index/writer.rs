@@ -3,8 +3,8 @@
 //! indexing costs the per-event path a channel send.
 
 use super::db::{Change, CollectionDb};
-use crate::frame::RepoOp;
 use crate::ingest::pipeline::Observer;
+use crate::proto::frame::RepoOp;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1,22 +1,22 @@
 //! Account state, served from memory and written behind in batches.
 //!
-//! Each DID has a slot (sharded by DID hash) with the account as stored, a dirty flag for the
-//! flusher, and — while its identity is being resolved — a queue of events waiting in order.
-//! A DID not in memory is loaded from the store on first sight.
+//! Each DID has a slot (sharded by DID hash) with the account as stored and a dirty flag for
+//! the flusher. A DID not in memory is loaded from the store on first sight. (Events waiting
+//! for a DID's identity live in the identity gate, not here.)
 //!
 //! Memory is bounded: past its capacity a shard evicts slots that the store already holds
-//! exactly (not dirty, not being flushed, no events waiting), least recently used first
+//! exactly (not dirty, not being flushed), least recently used first
 //! (a CLOCK approximation: one "used since the last sweep" bit per slot). Without this the map
 //! would grow with every DID ever seen, including made-up DIDs from a hostile host.
 
-use super::hosts::HostHandle;
-use crate::cid::Cid;
-use crate::frame::Event;
-use crate::store::{AccountRow, Store, StoreError, now_ms};
-use crate::verify::RepoState;
-use std::collections::{HashMap, VecDeque};
+use crate::proto::cid::Cid;
+use crate::proto::verify::RepoState;
+use crate::store::{AccountRow, Store, StoreError};
+use crate::util::now_ms;
+use crate::util::sharded::{Sharded, lock};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 pub const ACTIVE: &str = "active";
 pub const TAKENDOWN: &str = "takendown";
@@ -25,15 +25,15 @@ pub const THROTTLED: &str = "throttled";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
-    pub uid: i64,
-    pub did: String,
-    pub host_id: i64,
+    pub(crate) uid: i64,
+    pub(crate) did: String,
+    pub(crate) host_id: i64,
     /// The relay's own status: active, takendown, suspended or throttled (host over its limit).
-    pub local: String,
+    pub(crate) local: String,
     /// The last status the account's PDS announced (`inactive` when it gave no reason).
-    pub upstream: String,
-    pub repo: Option<RepoState>,
-    pub created_at: i64,
+    pub(crate) upstream: String,
+    pub(crate) repo: Option<RepoState>,
+    pub(crate) created_at: i64,
 }
 
 impl Account {
@@ -92,22 +92,11 @@ impl Account {
     }
 }
 
-/// An event waiting for its DID's identity.
-pub struct Pending {
-    pub host: Arc<HostHandle>,
-    pub seq: u64,
-    pub event: Event,
-    /// 1 once the identity has been refreshed for this event (signature or host mismatch).
-    pub attempt: u8,
-}
-
+/// One DID's entry: the account (or the knowledge that there is none) and whether it changed
+/// since the flusher last took it.
 pub struct Slot {
-    pub account: Option<Account>,
-    pub dirty: bool,
-    pub pending: Option<VecDeque<Pending>>,
-    /// The pending queue overflowed and that was logged (reset when the queue empties), so a
-    /// flood is logged once.
-    pub overflowed: bool,
+    pub(crate) account: Option<Account>,
+    pub(crate) dirty: bool,
     /// Taken by the flusher and not yet confirmed written: the store may still be behind.
     flushing: bool,
     /// Used since the last eviction sweep.
@@ -119,8 +108,6 @@ impl Slot {
         Slot {
             account,
             dirty: false,
-            pending: None,
-            overflowed: false,
             flushing: false,
             recent: true,
         }
@@ -128,11 +115,9 @@ impl Slot {
 
     /// Whether dropping it loses nothing: the store has exactly this state.
     fn evictable(&self) -> bool {
-        !self.dirty && !self.flushing && self.pending.is_none()
+        !self.dirty && !self.flushing
     }
 }
-
-const SHARDS: usize = 64;
 
 struct Shard {
     map: HashMap<String, Slot>,
@@ -166,31 +151,25 @@ impl Shard {
 }
 
 pub struct Accounts {
-    shards: Box<[Mutex<Shard>]>,
+    shards: Sharded<Mutex<Shard>>,
     /// Slots per shard before a sweep.
     shard_cap: usize,
     store: Arc<dyn Store>,
     next_uid: AtomicI64,
 }
 
-fn shard_of(did: &str) -> usize {
-    (crate::stream::eventlog::did_hash(did) % SHARDS as u64) as usize
-}
-
 impl Accounts {
     /// `capacity`: accounts to keep in memory (spread over the shards; at least one each).
     pub fn new(store: Arc<dyn Store>, capacity: usize) -> Result<Accounts, StoreError> {
         let max = store.max_account_uid()?;
-        let shard_cap = (capacity / SHARDS).max(1);
+        let shard_cap = (capacity / crate::util::sharded::SHARDS).max(1);
         Ok(Accounts {
-            shards: (0..SHARDS)
-                .map(|_| {
-                    Mutex::new(Shard {
-                        map: HashMap::new(),
-                        sweep_at: shard_cap,
-                    })
+            shards: Sharded::new(|| {
+                Mutex::new(Shard {
+                    map: HashMap::new(),
+                    sweep_at: shard_cap,
                 })
-                .collect(),
+            }),
             shard_cap,
             store,
             next_uid: AtomicI64::new(max + 1),
@@ -198,9 +177,7 @@ impl Accounts {
     }
 
     fn shard(&self, did: &str) -> std::sync::MutexGuard<'_, Shard> {
-        self.shards[shard_of(did)]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(self.shards.of(did))
     }
 
     pub fn new_uid(&self) -> i64 {
@@ -264,18 +241,13 @@ impl Accounts {
         self.with(did, |s| s.account.clone())
     }
 
-    pub fn has_pending(&self, did: &str) -> bool {
-        self.with(did, |s| s.pending.as_ref().is_some_and(|q| !q.is_empty()))
-            .unwrap_or(false)
-    }
-
     /// Rows of every changed account (clearing their dirty flags). The slots stay in memory
     /// until `flushed` or `mark_dirty` says how the write went.
     pub fn take_dirty(&self) -> Vec<AccountRow> {
         let mut out = Vec::new();
         let now = now_ms();
         for shard in self.shards.iter() {
-            let mut s = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut s = lock(shard);
             for slot in s.map.values_mut() {
                 if slot.dirty {
                     slot.dirty = false;
@@ -310,7 +282,7 @@ impl Accounts {
             }
         }
         for shard in self.shards.iter() {
-            let mut s = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut s = lock(shard);
             if s.map.len() > self.shard_cap {
                 s.sweep(self.shard_cap);
             }
@@ -321,7 +293,7 @@ impl Accounts {
     pub fn find_in_memory(&self, pred: impl Fn(&Account) -> bool) -> Vec<Account> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
-            let s = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            let s = lock(shard);
             out.extend(
                 s.map
                     .values()
@@ -335,10 +307,7 @@ impl Accounts {
 
     /// Accounts held in memory.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).map.len())
-            .sum()
+        self.shards.iter().map(|s| lock(s).map.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -3,8 +3,8 @@
 
 use super::hosts::{HostHandle, Hosts};
 use super::upstream::Upstream;
+use crate::proto::syntax::is_valid_handle;
 use crate::store::{HostStatus, NewHost, Store, StoreError};
-use crate::syntax::is_valid_handle;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct CrawlConfig {
-    pub allow_insecure: bool,
-    pub default_account_limit: i64,
-    pub trusted_account_limit: i64,
-    pub trusted_domains: Vec<String>,
-    pub new_hosts_per_day: u32,
-    pub disable_request_crawl: bool,
+    pub(crate) allow_insecure: bool,
+    pub(crate) default_account_limit: i64,
+    pub(crate) trusted_account_limit: i64,
+    pub(crate) trusted_domains: Vec<String>,
+    pub(crate) new_hosts_per_day: u32,
+    pub(crate) disable_request_crawl: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,13 +127,13 @@ pub fn is_trusted(hostname: &str, patterns: &[String]) -> bool {
 }
 
 pub struct Crawler {
-    pub store: Arc<dyn Store>,
-    pub hosts: Arc<Hosts>,
-    pub upstream: Arc<Upstream>,
-    pub cfg: CrawlConfig,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) hosts: Arc<Hosts>,
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) cfg: CrawlConfig,
     /// Public requestCrawl switch (admin `setEnabled`), in memory like indigo.
-    pub enabled: AtomicBool,
-    pub per_day_limit: AtomicU32,
+    pub(crate) enabled: AtomicBool,
+    pub(crate) per_day_limit: AtomicU32,
     recent: Mutex<VecDeque<Instant>>,
     bans: RwLock<Vec<String>>,
     http: ureq::Agent,
@@ -148,7 +148,7 @@ impl Crawler {
     ) -> Result<Crawler, StoreError> {
         let bans = store.domain_bans()?;
         Ok(Crawler {
-            http: crate::net::http_agent(cfg.allow_insecure, Duration::from_secs(5)),
+            http: crate::util::net::http_agent(cfg.allow_insecure, Duration::from_secs(5)),
             enabled: AtomicBool::new(!cfg.disable_request_crawl),
             per_day_limit: AtomicU32::new(cfg.new_hosts_per_day),
             recent: Mutex::new(VecDeque::new()),
@@ -158,6 +158,24 @@ impl Crawler {
             upstream,
             cfg,
         })
+    }
+
+    /// Whether public requestCrawl is accepted.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// New hosts accepted per day through public requestCrawl.
+    pub fn per_day_limit(&self) -> u32 {
+        self.per_day_limit.load(Ordering::Relaxed)
+    }
+
+    pub fn set_per_day_limit(&self, n: u32) {
+        self.per_day_limit.store(n, Ordering::Relaxed);
     }
 
     /// Whether the host or any parent domain (not a bare TLD) is banned.
@@ -286,7 +304,7 @@ impl Crawler {
                 && let Some(h) = self.hosts.by_name(&hostname)
             {
                 h.set_status(HostStatus::Banned);
-                self.store.set_host_status(h.id, HostStatus::Banned)?;
+                self.store.set_host_status(h.id(), HostStatus::Banned)?;
             }
             return Err(e);
         }
@@ -303,8 +321,8 @@ impl Crawler {
             return Ok(false);
         };
         h.set_status(HostStatus::Banned);
-        h.kill.store(true, Ordering::SeqCst);
-        self.store.set_host_status(h.id, HostStatus::Banned)?;
+        h.kill();
+        self.store.set_host_status(h.id(), HostStatus::Banned)?;
         Ok(true)
     }
 
@@ -314,7 +332,7 @@ impl Crawler {
             return Ok(false);
         };
         h.set_status(HostStatus::Active);
-        self.store.set_host_status(h.id, HostStatus::Active)?;
+        self.store.set_host_status(h.id(), HostStatus::Active)?;
         self.upstream.spawn(h);
         Ok(true)
     }
@@ -324,13 +342,13 @@ impl Crawler {
         let Some(h) = self.hosts.by_name(hostname) else {
             return Ok(false);
         };
-        if !h.connected.load(Ordering::SeqCst) && !block {
+        if !h.connected() && !block {
             return Ok(false);
         }
         if block {
             return self.block(hostname);
         }
-        h.kill.store(true, Ordering::SeqCst);
+        h.kill();
         Ok(true)
     }
 
@@ -346,7 +364,7 @@ impl Crawler {
             if let Some(c) = &cursor {
                 url.push_str(&format!("&cursor={c}"));
             }
-            let agent = crate::net::http_agent(true, Duration::from_secs(30));
+            let agent = crate::util::net::http_agent(true, Duration::from_secs(30));
             let mut r = agent.get(&url).call().map_err(|e| format!("{url}: {e}"))?;
             if !r.status().is_success() {
                 return Err(format!("{url}: HTTP {}", r.status()));

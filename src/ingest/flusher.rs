@@ -32,20 +32,17 @@ pub fn flush_once(
     let mut counts = Vec::new();
     let all = hosts.all();
     for h in &all {
-        let persisted = *h
-            .persisted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let persisted = h.persisted();
         let c = h.safe_cursor();
         if c > persisted.0 {
-            cursors.push((h.id, c));
+            cursors.push((h.id(), c));
         }
-        let n = h.account_count.load(Ordering::Relaxed);
+        let n = h.account_count();
         if n != persisted.1 {
-            counts.push((h.id, n));
+            counts.push((h.id(), n));
         }
     }
-    let accounts = pipeline.accounts.take_dirty();
+    let accounts = pipeline.accounts().take_dirty();
     if accounts.is_empty() && cursors.is_empty() && counts.is_empty() && log_head == 0 {
         return Ok(0);
     }
@@ -53,18 +50,14 @@ pub fn flush_once(
     let dids: Vec<String> = accounts.iter().map(|a| a.did.clone()).collect();
     // The index must hold every change up to the log position recorded below.
     if log_head > 0
-        && let Some(o) = &pipeline.observer
+        && let Some(o) = pipeline.observer()
         && !o.barrier()
     {
-        pipeline.accounts.mark_dirty(&dids);
+        pipeline.accounts().mark_dirty(&dids);
         return Err("the collection index did not catch up within 30s".into());
     }
-    if pipeline
-        .sequencer
-        .barrier(Duration::from_secs(30))
-        .is_none()
-    {
-        pipeline.accounts.mark_dirty(&dids);
+    if pipeline.barrier(Duration::from_secs(30)).is_none() {
+        pipeline.accounts().mark_dirty(&dids);
         return Err("the event log did not confirm durability within 30s".into());
     }
     let meta = if log_head > 0 {
@@ -79,24 +72,18 @@ pub fn flush_once(
         meta,
     };
     if let Err(e) = store.write_batch(&batch) {
-        pipeline.accounts.mark_dirty(&dids);
+        pipeline.accounts().mark_dirty(&dids);
         return Err(e.to_string());
     }
-    pipeline.accounts.flushed(&dids);
+    pipeline.accounts().flushed(&dids);
     for (id, c) in cursors {
         if let Some(h) = hosts.get(id) {
-            h.persisted
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0 = c;
+            h.set_persisted(Some(c), None);
         }
     }
     for (id, n) in counts {
         if let Some(h) = hosts.get(id) {
-            h.persisted
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .1 = n;
+            h.set_persisted(None, Some(n));
         }
     }
     metrics::counter!("rlay_store_accounts_written_total").increment(n as u64);

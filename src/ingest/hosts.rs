@@ -13,26 +13,30 @@ struct CursorTrack {
     inflight: BTreeMap<u64, u32>,
 }
 
+/// One upstream host's live state, shared by its connection thread, the pipeline, the flusher
+/// and the API. Each piece of state has one writer: the connection thread owns `connected`,
+/// `running` and `events_received`; the pipeline the cursor and account count; the crawler and
+/// admin routes the status, limit and `kill`.
 pub struct HostHandle {
-    pub id: i64,
-    pub hostname: String,
-    pub no_tls: bool,
-    pub trusted: bool,
+    id: i64,
+    hostname: String,
+    no_tls: bool,
+    trusted: bool,
     status: Mutex<HostStatus>,
-    pub account_count: AtomicI64,
-    pub account_limit: AtomicI64,
+    account_count: AtomicI64,
+    account_limit: AtomicI64,
     cursor: Mutex<CursorTrack>,
     /// Ask the connection thread to stop (kill, block, shutdown).
-    pub kill: AtomicBool,
-    pub connected: AtomicBool,
+    kill: AtomicBool,
+    connected: AtomicBool,
     /// A connection thread is running for this host.
-    pub running: AtomicBool,
-    pub events_received: AtomicU64,
+    running: AtomicBool,
+    events_received: AtomicU64,
     /// `rlay_events_accepted_total{pds}`, made on first use (after the metrics recorder is
     /// installed) so the per-event path does not build the label each time.
     accepted: std::sync::OnceLock<metrics::Counter>,
     /// (cursor, account count) last written to the store.
-    pub persisted: Mutex<(i64, i64)>,
+    persisted: Mutex<(i64, i64)>,
 }
 
 impl HostHandle {
@@ -64,6 +68,108 @@ impl HostHandle {
             events_received: AtomicU64::new(0),
             accepted: std::sync::OnceLock::new(),
             persisted: Mutex::new((r.last_seq, r.account_count)),
+        }
+    }
+
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// Connect with `ws://` (dev mode hosts).
+    pub fn no_tls(&self) -> bool {
+        self.no_tls
+    }
+
+    pub fn trusted(&self) -> bool {
+        self.trusted
+    }
+
+    pub fn account_count(&self) -> i64 {
+        self.account_count.load(Ordering::Relaxed)
+    }
+
+    /// An account came (+1) or went (-1, e.g. deleted or migrated away).
+    pub fn add_accounts(&self, delta: i64) {
+        self.account_count.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub fn account_limit(&self) -> i64 {
+        self.account_limit.load(Ordering::Relaxed)
+    }
+
+    /// Sets the account limit; returns the old one.
+    pub fn set_account_limit(&self, limit: i64) -> i64 {
+        self.account_limit.swap(limit, Ordering::Relaxed)
+    }
+
+    /// A connection to the host is open.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_connected(&self, on: bool) {
+        self.connected.store(on, Ordering::SeqCst);
+    }
+
+    /// A connection thread exists for this host (connected or backing off).
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Claims the host for a new connection thread; false if one is already running.
+    pub(crate) fn claim_thread(&self) -> bool {
+        if self.running.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.kill.store(false, Ordering::SeqCst);
+        true
+    }
+
+    /// The connection thread is ending.
+    pub(crate) fn release_thread(&self) {
+        self.connected.store(false, Ordering::SeqCst);
+        self.running.store(false, Ordering::SeqCst);
+    }
+
+    /// Asks the connection thread to drop its connection and stop.
+    pub fn kill(&self) {
+        self.kill.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn killed(&self) -> bool {
+        self.kill.load(Ordering::Relaxed)
+    }
+
+    pub fn events_received(&self) -> u64 {
+        self.events_received.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_received(&self) {
+        self.events_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (cursor, account count) as last written to the store.
+    pub(crate) fn persisted(&self) -> (i64, i64) {
+        *self
+            .persisted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn set_persisted(&self, cursor: Option<i64>, count: Option<i64>) {
+        let mut p = self
+            .persisted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = cursor {
+            p.0 = c;
+        }
+        if let Some(n) = count {
+            p.1 = n;
         }
     }
 

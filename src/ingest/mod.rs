@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod crawl;
 pub mod flusher;
+pub mod gate;
 pub mod hosts;
 pub mod pipeline;
 pub mod upstream;

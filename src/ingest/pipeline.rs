@@ -3,34 +3,51 @@
 //!
 //! No unverified event leaves the relay, and no host thread waits for DID resolution. When a
 //! DID's identity is cached the host thread verifies inline. Otherwise the event waits in the
-//! DID's bounded queue (later events of that DID queue behind it, so order is kept) while a
-//! resolver thread looks the DID up; the resolver thread then drains the queue. A signature
-//! failure or a host mismatch refreshes the identity once and retries.
+//! identity gate (`gate`), in its DID's bounded queue, and a gate thread processes it once the
+//! resolver reports the DID; later events of that DID queue behind it, so order is kept. A
+//! signature failure or a host mismatch refreshes the identity once and retries.
+//!
+//! This code runs on host threads (cached identities), gate threads (released events) and API
+//! threads (takedowns); they meet only in the account shards.
 //!
 //! State changes and the matching emission happen under the account's shard lock, so the store
 //! flusher never sees state whose event has not reached the sequencer.
 
-use super::accounts::{ACTIVE, Account, Accounts, Pending, Slot, THROTTLED};
+use super::accounts::{ACTIVE, Account, Accounts, Slot, THROTTLED};
+use super::gate::{Gate, Join, Pending};
 use super::hosts::{HostHandle, Hosts};
-use crate::frame::{AccountEvent, Event, IdentityEvent};
 use crate::identity::{Resolution, Resolver};
+use crate::proto::frame::{AccountEvent, Event, IdentityEvent};
+use crate::proto::syntax::{is_normalized_did, is_valid_did};
+use crate::proto::verify::RepoState;
+use crate::proto::verify::{Chain, Options, verify_commit, verify_sync};
 use crate::stream::eventlog::EventLog;
-use crate::stream::firehose::Hidden;
-use crate::stream::sequencer::Sequencer;
-use crate::syntax::{is_normalized_did, is_valid_did};
-use crate::verify::RepoState;
-use crate::verify::{Chain, Options, verify_commit, verify_sync};
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering;
+use crate::stream::sequencer::{Outgoing, Sequencer};
+use crate::util::Hidden;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+
+/// How many gate threads process events released by identity lookups.
+const GATE_THREADS: usize = 2;
 
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
-    pub lenient: bool,
+    pub(crate) lenient: bool,
     /// zlay's behaviour: forward unverified on an identity cache miss.
-    pub optimistic: bool,
+    pub(crate) optimistic: bool,
     /// Events a DID may have waiting for its identity before more are dropped.
-    pub max_pending_per_did: usize,
+    pub(crate) max_pending_per_did: usize,
+}
+
+impl PipelineConfig {
+    /// `lenient`: indigo's lenient sync validation; `optimistic`: zlay's unverified forwarding.
+    pub fn new(lenient: bool, optimistic: bool) -> PipelineConfig {
+        PipelineConfig {
+            lenient,
+            optimistic,
+            ..PipelineConfig::default()
+        }
+    }
 }
 
 impl Default for PipelineConfig {
@@ -49,27 +66,28 @@ impl Default for PipelineConfig {
 /// observer has written (crash recovery replays from that position).
 pub trait Observer: Send + Sync {
     /// An accepted commit: its ops, and the collections it deleted the last record of.
-    fn commit(&self, did: &str, ops: &[crate::frame::RepoOp], emptied: &[String]);
+    fn commit(&self, did: &str, ops: &[crate::proto::frame::RepoOp], emptied: &[String]);
     fn account_deleted(&self, did: &str);
     /// Returns once every change reported so far is written (false if that took too long).
     fn barrier(&self) -> bool;
 }
 
 pub struct Pipeline {
-    pub accounts: Accounts,
+    accounts: Accounts,
     /// Crash recovery: repo state of accounts first seen after the last flush, and the
     /// identity/account events already in the log, so their upstream replays are not re-emitted.
-    pub recovered: Mutex<Recovered>,
-    pub resolver: Arc<Resolver>,
-    pub sequencer: Sequencer,
-    pub hosts: Arc<Hosts>,
-    pub hidden: Arc<Hidden>,
-    pub cfg: PipelineConfig,
-    pub observer: Option<Arc<dyn Observer>>,
+    recovered: Mutex<Recovered>,
+    resolver: Arc<Resolver>,
+    gate: Gate,
+    sequencer: Sequencer,
+    hosts: Arc<Hosts>,
+    hidden: Arc<Hidden>,
+    cfg: PipelineConfig,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 #[derive(Default)]
-pub struct Recovered {
+struct Recovered {
     repos: HashMap<String, RepoState>,
     upstream: HashMap<String, String>,
     seen: HashSet<String>,
@@ -77,6 +95,13 @@ pub struct Recovered {
 
 fn seen_key(kind: &str, did: &str, time: &str) -> String {
     format!("{kind}|{did}|{time}")
+}
+
+/// What became of an event handed to `process`.
+pub(crate) enum Processed {
+    Done,
+    /// Refresh the identity and process this item again.
+    Retry(Box<Pending>),
 }
 
 enum Outcome {
@@ -105,13 +130,69 @@ fn dropped(reason: &'static str) -> Outcome {
 /// Per-host counts, so an operator can see which PDS sends what gets refused. The label set is
 /// bounded by the host table (and the reasons by this file).
 fn count_dropped(host: &HostHandle, reason: &'static str) {
-    metrics::counter!("rlay_events_dropped_total", "reason" => reason, "pds" => host.hostname.clone())
+    metrics::counter!("rlay_events_dropped_total", "reason" => reason, "pds" => host.hostname().to_owned())
         .increment(1);
 }
 
 impl Pipeline {
+    /// The pipeline and its identity gate threads.
+    pub fn new(
+        accounts: Accounts,
+        resolver: Arc<Resolver>,
+        sequencer: Sequencer,
+        hosts: Arc<Hosts>,
+        hidden: Arc<Hidden>,
+        cfg: PipelineConfig,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> std::io::Result<Arc<Pipeline>> {
+        let (gate, workers) = Gate::new(GATE_THREADS, cfg.max_pending_per_did);
+        let p = Arc::new(Pipeline {
+            accounts,
+            recovered: Mutex::default(),
+            resolver,
+            gate,
+            sequencer,
+            hosts,
+            hidden,
+            cfg,
+            observer,
+        });
+        workers.spawn(Arc::downgrade(&p))?;
+        Ok(p)
+    }
+
+    pub fn accounts(&self) -> &Accounts {
+        &self.accounts
+    }
+
+    pub fn resolver(&self) -> &Arc<Resolver> {
+        &self.resolver
+    }
+
+    pub(crate) fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    pub fn hosts(&self) -> &Arc<Hosts> {
+        &self.hosts
+    }
+
+    pub(crate) fn observer(&self) -> Option<&Arc<dyn Observer>> {
+        self.observer.as_ref()
+    }
+
+    /// Waits until every event emitted so far is durable in the log; returns the last seq.
+    pub fn barrier(&self, timeout: std::time::Duration) -> Option<u64> {
+        self.sequencer.barrier(timeout)
+    }
+
+    /// Nothing is being looked up or waiting for an identity (tests wait for this).
+    pub fn is_idle(&self) -> bool {
+        self.resolver.pending() == 0 && self.gate.dids_held() == 0
+    }
+
     /// Entry point for host threads.
-    pub fn submit(self: &Arc<Self>, host: &Arc<HostHandle>, seq: u64, event: Event) {
+    pub fn submit(&self, host: &Arc<HostHandle>, seq: u64, event: Event) {
         host.begin(seq);
         let Some(did) = event.did().map(str::to_owned) else {
             host.end(seq);
@@ -139,113 +220,52 @@ impl Pipeline {
         );
     }
 
-    fn dispatch(self: &Arc<Self>, item: Pending, did: &str) {
-        let max = self.cfg.max_pending_per_did;
-        let mut held = Some(item);
-        // Join the DID's queue if it has one, so its events stay in order. The item moves into
-        // the queue only when it joins; otherwise it stays in `held` for the paths below.
-        let joined = self.accounts.with(did, |slot| match &mut slot.pending {
-            Some(q) if q.len() >= max => Err(!std::mem::replace(&mut slot.overflowed, true)),
-            Some(q) => {
-                q.extend(held.take());
-                metrics::histogram!("rlay_did_queue_depth").record(q.len() as f64);
-                Ok(())
-            }
-            None => Ok(()),
-        });
-        let Some(item) = held else { return };
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(first)) => {
+    fn dispatch(&self, item: Pending, did: &str) {
+        // Behind earlier events of the DID that wait for its identity: queue up behind them.
+        match self.gate.join(did) {
+            Join::Behind => return self.gate.hold(did, item, true, false),
+            Join::Full(first) => {
                 if first {
                     log::warn!(
-                        "ingest: {did} has {max} events waiting for its identity (is the PLC directory slow?); dropping seq {} from {} and, without further logs, later events until the queue drains (counted in rlay_events_dropped_total{{reason=\"pending_queue_full\"}})",
+                        "ingest: {did} has {} events waiting for its identity (is the PLC directory slow?); dropping seq {} from {} and, without further logs, later events until the queue drains (counted in rlay_events_dropped_total{{reason=\"pending_queue_full\"}})",
+                        self.cfg.max_pending_per_did,
                         item.seq,
-                        item.host.hostname
+                        item.host.hostname()
                     );
                 }
                 count_dropped(&item.host, "pending_queue_full");
                 item.host.end(item.seq);
                 return;
             }
-            Err(e) => {
-                log::error!("ingest: account store error for {did}: {e}; dropping the event");
-                count_dropped(&item.host, "store_error");
-                item.host.end(item.seq);
-                return;
-            }
+            Join::Clear => {}
         }
         if let Some(res) = self.resolver.cached(did) {
-            if let Outcome::Retry(item) = self.process(item, did, &res) {
+            if let Processed::Retry(item) = self.process(item, did, &res) {
                 self.resolver.purge(did);
-                self.wait_for_identity(*item, did, true);
+                self.gate.hold(did, *item, false, true);
             }
             return;
         }
         if self.cfg.optimistic && matches!(item.event, Event::Commit(_) | Event::Sync(_)) {
             self.passthrough(item, did);
-            self.resolver.request(did, Box::new(|_| {}));
+            self.resolver.request(did, None);
             return;
         }
-        self.wait_for_identity(item, did, false);
+        self.gate.hold(did, item, false, false);
     }
 
-    /// Queues the item for its DID and asks for the DID's resolution.
-    fn wait_for_identity(self: &Arc<Self>, item: Pending, did: &str, front: bool) {
+    /// Runs one event through verification and account state with its DID's resolution, on a
+    /// host thread (cached identity) or a gate thread (released by a lookup).
+    pub(crate) fn process(&self, item: Pending, did: &str, res: &Resolution) -> Processed {
         let (host, seq) = (item.host.clone(), item.seq);
-        let queued = self.accounts.with(did, |slot| {
-            let q = slot.pending.get_or_insert_with(VecDeque::new);
-            if front {
-                q.push_front(item);
-            } else {
-                q.push_back(item);
-            }
-        });
-        if queued.is_err() {
-            host.end(seq);
-            return;
-        }
-        metrics::counter!("rlay_events_awaiting_identity_total").increment(1);
-        let me = self.clone();
-        let d = did.to_owned();
-        self.resolver
-            .request(did, Box::new(move |res| me.drain(&d, res)));
-    }
-
-    /// Processes a DID's queued events, in order, with its fresh resolution.
-    fn drain(self: &Arc<Self>, did: &str, res: &Resolution) {
-        loop {
-            let next = self.accounts.with(did, |slot| match &mut slot.pending {
-                Some(q) => match q.pop_front() {
-                    Some(i) => Some(i),
-                    None => {
-                        slot.pending = None;
-                        slot.overflowed = false;
-                        None
-                    }
-                },
-                None => None,
-            });
-            let Ok(Some(item)) = next else { return };
-            if let Outcome::Retry(item) = self.process(item, did, res) {
-                self.resolver.purge(did);
-                self.wait_for_identity(*item, did, true);
-                return;
-            }
-        }
-    }
-
-    fn process(&self, item: Pending, did: &str, res: &Resolution) -> Outcome {
-        let (host, seq) = (item.host.clone(), item.seq);
-        let out = self.process_event(item, did, res);
-        match out {
-            Outcome::Retry(_) => return out,
+        match self.process_event(item, did, res) {
+            Outcome::Retry(item) => return Processed::Retry(item),
             Outcome::Accepted => host.count_accepted(),
             Outcome::Dropped(reason) => count_dropped(&host, reason),
             Outcome::Ignored => {}
         }
         host.end(seq);
-        out
+        Processed::Done
     }
 
     /// Creates the account on first sight from its own PDS, or moves it on a verified migration.
@@ -261,7 +281,7 @@ impl Pipeline {
             } else {
                 THROTTLED
             };
-            host.account_count.fetch_add(1, Ordering::Relaxed);
+            host.add_accounts(1);
             metrics::counter!("relay_new_users_discovered").increment(1);
             slot.dirty = true;
             let mut rec = self
@@ -271,26 +291,26 @@ impl Pipeline {
             Account {
                 uid: self.accounts.new_uid(),
                 did: did.to_owned(),
-                host_id: host.id,
+                host_id: host.id(),
                 local: local.to_owned(),
                 upstream: rec
                     .upstream
                     .remove(did)
                     .unwrap_or_else(|| ACTIVE.to_owned()),
                 repo: rec.repos.remove(did),
-                created_at: crate::store::now_ms(),
+                created_at: crate::util::now_ms(),
             }
         });
-        if acct.host_id != host.id {
+        if acct.host_id != host.id() {
             log::info!(
                 "ingest: {did} migrated to {} (verified against its DID document)",
-                host.hostname
+                host.hostname()
             );
             if let Some(old) = self.hosts.get(acct.host_id) {
-                old.account_count.fetch_sub(1, Ordering::Relaxed);
+                old.add_accounts(-1);
             }
-            host.account_count.fetch_add(1, Ordering::Relaxed);
-            acct.host_id = host.id;
+            host.add_accounts(1);
+            acct.host_id = host.id();
             slot.dirty = true;
             metrics::counter!("rlay_account_migrations_total").increment(1);
         }
@@ -299,8 +319,7 @@ impl Pipeline {
 
     fn process_event(&self, item: Pending, did: &str, res: &Resolution) -> Outcome {
         let ident = res.identity();
-        let host_ok =
-            ident.and_then(|i| i.pds_host()).as_deref() == Some(item.host.hostname.as_str());
+        let host_ok = ident.and_then(|i| i.pds_host()).as_deref() == Some(item.host.hostname());
         let replay_key = match &item.event {
             Event::Identity(e) => Some(seen_key("i", did, &e.time)),
             Event::Account(e) => Some(seen_key("a", did, &e.time)),
@@ -331,17 +350,17 @@ impl Pipeline {
                     .as_ref()
                     .map(|h| h.to_ascii_lowercase())
                     .filter(|h| host_ok && Some(h) == declared.as_ref());
-                let out = Event::Identity(IdentityEvent {
+                let out = Outgoing::new(&Event::Identity(IdentityEvent {
                     seq: 0,
                     did: did.to_owned(),
                     time: e.time.clone(),
                     handle,
-                });
+                }));
                 let emitted = self.accounts.with(did, |slot| {
                     if host_ok {
                         self.ensure_account(slot, &item.host, did);
                     }
-                    self.sequencer.emit(out)
+                    out.is_some_and(|o| self.sequencer.send(o))
                 });
                 if !matches!(emitted, Ok(true)) {
                     return dropped("store_error");
@@ -361,7 +380,7 @@ impl Pipeline {
                             .get(did)
                             .ok()
                             .flatten()
-                            .is_some_and(|a| a.host_id == item.host.id);
+                            .is_some_and(|a| a.host_id == item.host.id());
                     if !from_own_host {
                         return dropped("wrong_host");
                     }
@@ -391,7 +410,7 @@ impl Pipeline {
                         if delta != 0
                             && let Some(h) = self.hosts.get(a.host_id)
                         {
-                            h.account_count.fetch_add(delta, Ordering::Relaxed);
+                            h.add_accounts(delta);
                         }
                         a.upstream = upstream;
                         slot.dirty = true;
@@ -401,7 +420,7 @@ impl Pipeline {
                     if deleted && let Some(o) = &self.observer {
                         o.account_deleted(did);
                     }
-                    self.sequencer.emit(Event::Account(AccountEvent {
+                    self.sequencer.emit(&Event::Account(AccountEvent {
                         seq: 0,
                         did: did.to_owned(),
                         time,
@@ -438,7 +457,7 @@ impl Pipeline {
             }
             log::debug!(
                 "ingest: {did} is not hosted on {}; dropping its event",
-                item.host.hostname
+                item.host.hostname()
             );
             return dropped("wrong_host");
         }
@@ -457,8 +476,10 @@ impl Pipeline {
         }
         let opts = Options {
             lenient: self.cfg.lenient,
-            now_us: crate::verify::now_us(),
+            now_us: crate::proto::verify::now_us(),
         };
+        // Encoded once, outside the account lock; sent under it if the event applies.
+        let mut out = Outgoing::new(&item.event);
         // Verify against the state read, then apply only if nobody changed it meanwhile.
         for _ in 0..3 {
             let verdict = match &item.event {
@@ -480,7 +501,7 @@ impl Pipeline {
                     log::debug!(
                         "ingest: dropping {} for {did} from {}: {e}",
                         item.event.type_name(),
-                        item.host.hostname
+                        item.host.hostname()
                     );
                     metrics::counter!("rlay_validation_failures_total", "rule" => e.rule())
                         .increment(1);
@@ -499,7 +520,7 @@ impl Pipeline {
                 if let (Event::Commit(c), Some(o)) = (&item.event, &self.observer) {
                     o.commit(did, &c.ops, &acc.emptied);
                 }
-                Apply::Emitted(self.sequencer.emit(item.event.clone()))
+                Apply::Emitted(out.take().is_some_and(|o| self.sequencer.send(o)))
             });
             match applied {
                 Ok(Apply::Emitted(true)) => {
@@ -523,7 +544,7 @@ impl Pipeline {
         let mut reader = log.reader(after);
         let mut n = 0;
         while let Some(f) = reader.next_frame()? {
-            let Ok(ev) = crate::frame::decode(&f.bytes) else {
+            let Ok(ev) = crate::proto::frame::decode(&f.bytes) else {
                 continue;
             };
             n += 1;
@@ -594,7 +615,7 @@ impl Pipeline {
     }
 
     fn recover_repo(&self, did: &str, blocks: &[u8], rev: &str) {
-        let Ok(car) = crate::car::Car::parse(blocks) else {
+        let Ok(car) = crate::proto::car::Car::parse(blocks) else {
             return;
         };
         let Some(root) = car.roots.first().copied() else {
@@ -602,7 +623,7 @@ impl Pipeline {
         };
         let Some(sc) = car
             .get(&root)
-            .and_then(|b| crate::commit::SignedCommit::decode(b).ok())
+            .and_then(|b| crate::proto::commit::SignedCommit::decode(b).ok())
         else {
             return;
         };
@@ -641,7 +662,7 @@ impl Pipeline {
             if let (Event::Commit(c), Some(o)) = (&item.event, &self.observer) {
                 o.commit(did, &c.ops, &[]);
             }
-            self.sequencer.emit(item.event.clone())
+            self.sequencer.emit(&item.event)
         });
         if matches!(r, Ok(true)) {
             metrics::counter!("rlay_events_unverified_total").increment(1);
@@ -684,7 +705,7 @@ impl Pipeline {
             a.local = to.to_owned();
             slot.dirty = true;
             let (active, status) = a.combined();
-            self.sequencer.emit(Event::Account(AccountEvent {
+            self.sequencer.emit(&Event::Account(AccountEvent {
                 seq: 0,
                 did: did.to_owned(),
                 time: crate::logging::timestamp(),

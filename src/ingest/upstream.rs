@@ -8,7 +8,7 @@
 
 use super::hosts::HostHandle;
 use super::pipeline::Pipeline;
-use crate::frame::{self, Event};
+use crate::proto::frame::{self, Event};
 use crate::store::{HostStatus, Store};
 use bytes::Bytes;
 use std::net::TcpStream;
@@ -25,18 +25,18 @@ pub const MAX_FRAME: usize = 5_000_000;
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    pub allow_insecure: bool,
+    pub(crate) allow_insecure: bool,
     /// Ping the upstream after this much silence.
-    pub ping_after: Duration,
+    pub(crate) ping_after: Duration,
     /// Reconnect after this much silence (a stalled connection).
-    pub stall_timeout: Duration,
+    pub(crate) stall_timeout: Duration,
     /// Wait before re-probing a host that answered FutureCursor.
-    pub idle_retry: Duration,
-    pub failures_before_offline: u32,
-    pub offline_retry: Duration,
-    pub max_backoff: Duration,
+    pub(crate) idle_retry: Duration,
+    pub(crate) failures_before_offline: u32,
+    pub(crate) offline_retry: Duration,
+    pub(crate) max_backoff: Duration,
     /// Base events/s per host (plus account limit / 1000); trusted hosts get 5,000/s.
-    pub base_rate: u32,
+    pub(crate) base_rate: u32,
 }
 
 impl Default for UpstreamConfig {
@@ -70,8 +70,8 @@ struct Limiter {
 
 impl Limiter {
     fn new(host: &HostHandle, base: u32) -> Limiter {
-        let limit = host.account_limit.load(Ordering::Relaxed) as f64;
-        let (sec, hour, day) = if host.trusted {
+        let limit = host.account_limit() as f64;
+        let (sec, hour, day) = if host.trusted() {
             (5_000.0, 50_000_000.0, 500_000_000.0)
         } else {
             (
@@ -117,7 +117,7 @@ impl Limiter {
 /// The per-connection part of frame handling, shared by host threads and the scenario runner
 /// so both take exactly the same path.
 pub struct Session {
-    pub host: Arc<HostHandle>,
+    pub(crate) host: Arc<HostHandle>,
     last_seq: Option<u64>,
     warned: bool,
     /// indigo's per-host counter, looked up once per connection rather than per frame.
@@ -126,7 +126,8 @@ pub struct Session {
 
 impl Session {
     pub fn new(host: Arc<HostHandle>) -> Session {
-        let received = metrics::counter!("events_received_counter", "pds" => host.hostname.clone());
+        let received =
+            metrics::counter!("events_received_counter", "pds" => host.hostname().to_owned());
         Session {
             host,
             last_seq: None,
@@ -137,14 +138,14 @@ impl Session {
 
     fn warn_once(&mut self, what: std::fmt::Arguments<'_>) {
         if !self.warned {
-            log::warn!("upstream {}: {what}", self.host.hostname);
+            log::warn!("upstream {}: {what}", self.host.hostname());
             self.warned = true;
         }
     }
 
     /// Decodes one binary frame and passes its event on.
     pub fn handle(&mut self, pipeline: &Arc<Pipeline>, bytes: &Bytes) -> FrameResult {
-        self.host.events_received.fetch_add(1, Ordering::Relaxed);
+        self.host.count_received();
         self.received.increment(1);
         if bytes.len() > MAX_FRAME {
             metrics::counter!("rlay_bad_frames_total", "reason" => "too_large").increment(1);
@@ -163,7 +164,7 @@ impl Session {
             }
             Err(e) => {
                 metrics::counter!("rlay_bad_frames_total", "reason" => "schema").increment(1);
-                log::debug!("upstream {}: dropping a frame: {e}", self.host.hostname);
+                log::debug!("upstream {}: dropping a frame: {e}", self.host.hostname());
                 return FrameResult::Continue;
             }
         };
@@ -180,7 +181,7 @@ impl Session {
             Event::Info(i) => {
                 log::info!(
                     "upstream {}: #info {} {}",
-                    self.host.hostname,
+                    self.host.hostname(),
                     i.name,
                     i.message.as_deref().unwrap_or("")
                 );
@@ -191,18 +192,18 @@ impl Session {
                     .increment(1);
                 log::debug!(
                     "upstream {}: skipping message type {t:?}",
-                    self.host.hostname
+                    self.host.hostname()
                 );
                 return FrameResult::Continue;
             }
             e => e.seq().unwrap_or(0),
         };
         if !(1..(1i64 << 53)).contains(&seq) || self.last_seq.is_some_and(|l| seq as u64 <= l) {
-            metrics::counter!("rlay_events_dropped_total", "reason" => "seq_not_increasing", "pds" => self.host.hostname.clone())
+            metrics::counter!("rlay_events_dropped_total", "reason" => "seq_not_increasing", "pds" => self.host.hostname().to_owned())
                 .increment(1);
             log::debug!(
                 "upstream {}: seq {seq} after {:?}; dropped",
-                self.host.hostname,
+                self.host.hostname(),
                 self.last_seq
             );
             return FrameResult::Continue;
@@ -232,10 +233,10 @@ enum End {
 }
 
 pub struct Upstream {
-    pub pipeline: Arc<Pipeline>,
-    pub store: Arc<dyn Store>,
-    pub cfg: UpstreamConfig,
-    pub shutdown: Arc<AtomicBool>,
+    pub(crate) pipeline: Arc<Pipeline>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) cfg: UpstreamConfig,
+    pub(crate) shutdown: Arc<AtomicBool>,
 }
 
 fn split_host(hostname: &str, tls: bool) -> (String, u16) {
@@ -256,7 +257,7 @@ pub fn connect(
     let (name, port) = split_host(hostname, !no_tls);
     let q = cursor.map(|c| format!("?cursor={c}")).unwrap_or_default();
     let url = format!("{scheme}://{hostname}/xrpc/com.atproto.sync.subscribeRepos{q}");
-    let tcp = crate::net::connect(&name, port, allow_private, Duration::from_secs(10))?;
+    let tcp = crate::util::net::connect(&name, port, allow_private, Duration::from_secs(10))?;
     tcp.set_read_timeout(Some(Duration::from_secs(15)))?;
     tcp.set_write_timeout(Some(Duration::from_secs(15)))?;
     let _ = tcp.set_nodelay(true);
@@ -299,7 +300,7 @@ fn set_read_timeout(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, d: Duration) 
 
 impl Upstream {
     fn stopping(&self, host: &HostHandle) -> bool {
-        self.shutdown.load(Ordering::Relaxed) || host.kill.load(Ordering::Relaxed)
+        self.shutdown.load(Ordering::Relaxed) || host.killed()
     }
 
     fn sleep(&self, host: &HostHandle, d: Duration) {
@@ -312,10 +313,10 @@ impl Upstream {
     fn set_status(&self, host: &HostHandle, s: HostStatus) {
         if host.status() != s {
             host.set_status(s);
-            if let Err(e) = self.store.set_host_status(host.id, s) {
+            if let Err(e) = self.store.set_host_status(host.id(), s) {
                 log::error!(
                     "upstream {}: could not store status {}: {e}",
-                    host.hostname,
+                    host.hostname(),
                     s.as_str()
                 );
             }
@@ -324,26 +325,24 @@ impl Upstream {
 
     /// Starts the host's connection thread unless one is running.
     pub fn spawn(self: &Arc<Self>, host: Arc<HostHandle>) -> bool {
-        if host.running.swap(true, Ordering::SeqCst) {
+        if !host.claim_thread() {
             return false;
         }
-        host.kill.store(false, Ordering::SeqCst);
         let me = self.clone();
         let h = host.clone();
         let spawned = std::thread::Builder::new()
-            .name(format!("host {}", host.hostname))
+            .name(format!("host {}", host.hostname()))
             .stack_size(2 << 20)
             .spawn(move || {
                 me.run(&h);
-                h.running.store(false, Ordering::SeqCst);
-                h.connected.store(false, Ordering::SeqCst);
+                h.release_thread();
             });
         if let Err(e) = spawned {
             log::error!(
                 "upstream {}: cannot start its thread: {e} (raise the thread limit)",
-                host.hostname
+                host.hostname()
             );
-            host.running.store(false, Ordering::SeqCst);
+            host.release_thread();
             return false;
         }
         true
@@ -356,25 +355,30 @@ impl Upstream {
                 return;
             }
             let cursor = Some(host.safe_cursor()).filter(|c| *c > 0);
-            let end = match connect(&host.hostname, host.no_tls, cursor, self.cfg.allow_insecure) {
+            let end = match connect(
+                host.hostname(),
+                host.no_tls(),
+                cursor,
+                self.cfg.allow_insecure,
+            ) {
                 Ok(ws) => {
                     log::info!(
                         "upstream {}: connected (cursor {:?})",
-                        host.hostname,
+                        host.hostname(),
                         cursor
                     );
                     if host.status() != HostStatus::Banned {
                         self.set_status(host, HostStatus::Active);
                     }
-                    host.connected.store(true, Ordering::SeqCst);
+                    host.set_connected(true);
                     let end = self.session(host, ws);
-                    host.connected.store(false, Ordering::SeqCst);
+                    host.set_connected(false);
                     end
                 }
                 Err(ConnectError::IsRelay(server)) => {
                     log::warn!(
                         "upstream {}: refusing to crawl a relay (Server: {server}); host banned",
-                        host.hostname
+                        host.hostname()
                     );
                     self.set_status(host, HostStatus::Banned);
                     return;
@@ -386,7 +390,7 @@ impl Upstream {
                 End::FutureCursor => {
                     log::warn!(
                         "upstream {}: our cursor {:?} is ahead of the host (it lost its history?); marking idle, will re-probe in {:?} without a cursor",
-                        host.hostname,
+                        host.hostname(),
                         cursor,
                         self.cfg.idle_retry
                     );
@@ -399,7 +403,7 @@ impl Upstream {
                     failures = 0;
                     log::info!(
                         "upstream {}: disconnected ({why}); reconnecting",
-                        host.hostname
+                        host.hostname()
                     );
                 }
                 End::NoProgress(why) => {
@@ -407,7 +411,7 @@ impl Upstream {
                     if failures == 1 || failures.is_multiple_of(5) {
                         log::warn!(
                             "upstream {}: connection failed {failures} time(s) in a row: {why}",
-                            host.hostname
+                            host.hostname()
                         );
                     }
                 }
@@ -417,7 +421,7 @@ impl Upstream {
                 if host.status() != HostStatus::Offline {
                     log::warn!(
                         "upstream {}: offline after {failures} failures; re-probing every {:?}",
-                        host.hostname,
+                        host.hostname(),
                         self.cfg.offline_retry
                     );
                 }
@@ -427,7 +431,7 @@ impl Upstream {
                 // Exponential backoff with full jitter: 0..min(max, 1s * 2^n).
                 let cap = Duration::from_millis(1000u64.saturating_mul(1 << failures.min(16)))
                     .min(self.cfg.max_backoff);
-                let jitter = (crate::verify::now_us() as u64 % 1000) as f64 / 1000.0;
+                let jitter = (crate::proto::verify::now_us() as u64 % 1000) as f64 / 1000.0;
                 if failures == 0 {
                     Duration::from_millis(100)
                 } else {
@@ -487,7 +491,7 @@ impl Upstream {
                     pinged = false;
                     events += 1;
                 }
-                Err(e) if crate::net::ws_timed_out(&e) => {
+                Err(e) if crate::util::net::ws_timed_out(&e) => {
                     let quiet = last_data.elapsed();
                     if quiet >= self.cfg.stall_timeout {
                         return end(

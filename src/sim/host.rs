@@ -3,8 +3,8 @@
 //! so an idle host costs no CPU.
 
 use super::fault::FaultKind;
-use crate::cbor::Reader;
-use crate::frame::{self, Event};
+use crate::proto::cbor::Reader;
+use crate::proto::frame::{self, Event};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io::Write;
@@ -30,25 +30,26 @@ struct Log {
 }
 
 pub struct Host {
-    pub index: usize,
-    pub addr: SocketAddr,
     /// `localhost:PORT`, as relays know it.
-    pub hostname: String,
+    pub(crate) hostname: String,
     log: Mutex<Log>,
     cv: Condvar,
     /// (kind, every n-th frame or event)
     fault: Mutex<Option<(FaultKind, u64)>>,
     /// Events generated on this host, for pacing event-level faults.
-    pub generated: AtomicU64,
-    pub shutdown: AtomicBool,
-    pub subscribers: AtomicU64,
+    pub(crate) generated: AtomicU64,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) subscribers: AtomicU64,
 }
 
 impl Host {
-    pub fn new(index: usize, addr: SocketAddr) -> Host {
+    /// Relays (or other clients) subscribed to this host now.
+    pub fn subscribers(&self) -> u64 {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    pub fn new(addr: SocketAddr) -> Host {
         Host {
-            index,
-            addr,
             hostname: format!("localhost:{}", addr.port()),
             log: Mutex::new(Log {
                 frames: VecDeque::new(),
@@ -213,7 +214,7 @@ impl Host {
                 match ws.read() {
                     Ok(Message::Close(_)) => return,
                     Ok(_) => {}
-                    Err(e) if crate::net::ws_timed_out(&e) => {
+                    Err(e) if crate::util::net::ws_timed_out(&e) => {
                         break;
                     }
                     Err(_) => return,
@@ -257,7 +258,7 @@ impl Host {
                     let mut b = [0u8; 1];
                     match std::io::Read::read(s, &mut b) {
                         Ok(0) => break,
-                        Err(e) if crate::net::timed_out(&e) => {}
+                        Err(e) if crate::util::net::timed_out(&e) => {}
                         _ => break,
                     }
                 }

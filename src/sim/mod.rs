@@ -5,17 +5,23 @@
 //! Every valid event a host emits is recorded in a ledger, so end-to-end tests can check that a
 //! relay delivered each one exactly once.
 
+mod actions;
+pub mod admin;
+mod endpoints;
 pub mod fault;
 pub mod host;
+mod pacing;
 pub mod plc;
+pub mod repo;
 pub mod server;
 pub mod traffic;
 
-use crate::cid::Cid;
-use crate::crypto::{Curve, PrivateKey};
-use crate::frame::{AccountEvent, Event, IdentityEvent};
-use crate::repo::{Repo, RepoError, Write};
+use crate::proto::cid::Cid;
+use crate::proto::crypto::{Curve, PrivateKey};
+use crate::proto::frame::{AccountEvent, Event, IdentityEvent};
+use crate::sim::repo::{Repo, RepoError, Write};
 use host::Host;
+use pacing::Traffic;
 use plc::Plc;
 use serde_json::json;
 use std::collections::HashMap;
@@ -46,24 +52,37 @@ impl Status {
 }
 
 pub struct SimAccount {
-    pub did: String,
-    pub handle: String,
-    pub host: usize,
-    pub repo: Repo,
-    pub status: Status,
+    pub(crate) did: String,
+    pub(crate) handle: String,
+    pub(crate) host: usize,
+    pub(crate) repo: Repo,
+    pub(crate) status: Status,
     /// Paths of records that exist (for deletes and updates).
-    pub paths: Vec<String>,
-    pub curve: Curve,
-    pub key_version: u32,
+    pub(crate) paths: Vec<String>,
+    pub(crate) curve: Curve,
+    pub(crate) key_version: u32,
     last_rkey_us: u64,
 }
 
 impl SimAccount {
+    pub fn did(&self) -> &str {
+        &self.did
+    }
+
+    /// The account's repository as the PDS holds it.
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
     /// A fresh record key (a TID), strictly increasing for this account.
     pub fn next_rkey(&mut self) -> String {
-        let now = u64::try_from(crate::verify::now_us()).unwrap_or(0);
+        let now = u64::try_from(crate::proto::verify::now_us()).unwrap_or(0);
         self.last_rkey_us = now.max(self.last_rkey_us + 1);
-        crate::syntax::tid_from_parts(self.last_rkey_us, 7)
+        crate::proto::syntax::tid_from_parts(self.last_rkey_us, 7)
     }
 }
 
@@ -128,14 +147,14 @@ impl Default for SimConfig {
 }
 
 pub struct World {
-    pub plc: Arc<Plc>,
-    pub plc_url: String,
-    pub hosts: Vec<Arc<Host>>,
+    pub(crate) plc: Arc<Plc>,
+    pub(crate) plc_url: String,
+    pub(crate) hosts: Vec<Arc<Host>>,
     accounts: RwLock<Vec<Arc<Mutex<SimAccount>>>>,
     by_did: RwLock<HashMap<String, usize>>,
     ledger: Mutex<Vec<LedgerEntry>>,
     /// When each valid event was emitted (benchmarks measuring latency switch it on).
-    pub emit_clock: Mutex<Option<HashMap<String, Instant>>>,
+    pub(crate) emit_clock: Mutex<Option<HashMap<String, Instant>>>,
     clock_us: AtomicI64,
     next_account: AtomicU64,
     seed: u64,
@@ -170,9 +189,39 @@ pub fn plc_did(seed: &str) -> String {
 }
 
 impl World {
+    pub fn plc(&self) -> &Arc<Plc> {
+        &self.plc
+    }
+
+    /// The PLC directory's URL (what a relay's `RELAY_PLC_HOST` should be).
+    pub fn plc_url(&self) -> &str {
+        &self.plc_url
+    }
+
+    pub fn hosts(&self) -> &[Arc<Host>] {
+        &self.hosts
+    }
+
+    /// Starts recording when each valid event is emitted (latency benchmarks).
+    pub fn record_emit_times(&self) {
+        *self
+            .emit_clock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(HashMap::new());
+    }
+
+    /// When the valid event with this ledger key was emitted (once recording is on); forgets it.
+    pub fn take_emit_time(&self, key: &str) -> Option<Instant> {
+        self.emit_clock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+            .and_then(|m| m.remove(key))
+    }
+
     /// A unique, increasing `time` value (microsecond precision).
     pub fn time_now(&self) -> String {
-        let now = crate::verify::now_us();
+        let now = crate::proto::verify::now_us();
         let prev = self.clock_us.fetch_max(now, Ordering::SeqCst);
         let us = if prev >= now {
             self.clock_us.fetch_add(1, Ordering::SeqCst) + 1
@@ -345,358 +394,11 @@ impl World {
     fn initial_records(&self) -> usize {
         self.initial_records
     }
-
-    /// Commits writes for an account and emits the `#commit`.
-    pub fn write(&self, did: &str, writes: &[Write]) -> Result<Cid, SimError> {
-        let a = self.account_by_did(did)?;
-        let mut a = lock(&a);
-        if a.status != Status::Active {
-            return Err(SimError::Inactive(did.to_owned()));
-        }
-        let time = self.time_now();
-        let c = a.repo.commit(writes, &time)?;
-        for w in writes {
-            match w {
-                Write::Create { path, .. } => a.paths.push(path.clone()),
-                Write::Delete { path } => a.paths.retain(|p| p != path),
-                Write::Update { .. } => {}
-            }
-        }
-        a.repo.gc();
-        let cid = c.commit;
-        let host = a.host;
-        drop(a);
-        self.emit(Planned::Valid(host, Event::Commit(c)));
-        Ok(cid)
-    }
-
-    /// A commit emitted even though the account is not active at its PDS (a misbehaving PDS).
-    /// Relays must drop it, so it is not in the ledger.
-    pub fn force_commit(&self, did: &str) -> Result<Cid, SimError> {
-        let a = self.account_by_did(did)?;
-        let mut a = lock(&a);
-        let rkey = a.next_rkey();
-        let path = format!("app.bsky.feed.post/{rkey}");
-        let c = a.repo.commit(
-            &[Write::Create {
-                path: path.clone(),
-                record: traffic::post("while inactive", &self.time_now()),
-            }],
-            &self.time_now(),
-        )?;
-        a.paths.push(path);
-        let (cid, host) = (c.commit, a.host);
-        drop(a);
-        self.emit(Planned::Defect(host, Event::Commit(c)));
-        Ok(cid)
-    }
-
-    /// A new post; returns its path.
-    pub fn post(&self, did: &str, text: &str) -> Result<String, SimError> {
-        let a = self.account_by_did(did)?;
-        let rkey = lock(&a).next_rkey();
-        let path = format!("app.bsky.feed.post/{rkey}");
-        self.write(
-            did,
-            &[Write::Create {
-                path: path.clone(),
-                record: traffic::post(text, &self.time_now()),
-            }],
-        )?;
-        Ok(path)
-    }
-
-    /// Changes the handle (PLC document first, then `#identity`).
-    pub fn set_handle(&self, did: &str, handle: &str) -> Result<(), SimError> {
-        let a = self.account_by_did(did)?;
-        let mut a = lock(&a);
-        a.handle = handle.to_owned();
-        self.plc.set(did, self.document(&a));
-        let host = a.host;
-        drop(a);
-        self.emit(Planned::Valid(
-            host,
-            Event::Identity(IdentityEvent {
-                seq: 0,
-                did: did.to_owned(),
-                time: self.time_now(),
-                handle: Some(handle.to_owned()),
-            }),
-        ));
-        Ok(())
-    }
-
-    /// Emits `#account` for a status change at the PDS (a deletion also tombstones the DID).
-    pub fn set_status(&self, did: &str, status: Status) -> Result<(), SimError> {
-        let a = self.account_by_did(did)?;
-        let mut a = lock(&a);
-        a.status = status;
-        if status == Status::Deleted {
-            self.plc.tombstone(did);
-        }
-        let host = a.host;
-        drop(a);
-        let (active, st) = status.wire();
-        self.emit(Planned::Valid(
-            host,
-            Event::Account(AccountEvent {
-                seq: 0,
-                did: did.to_owned(),
-                time: self.time_now(),
-                active,
-                status: st.map(str::to_owned),
-            }),
-        ));
-        Ok(())
-    }
-
-    /// A `#sync` announcing the current repo state under a fresh rev.
-    pub fn sync(&self, did: &str) -> Result<(), SimError> {
-        let a = self.account_by_did(did)?;
-        let mut a = lock(&a);
-        a.repo.resign();
-        let time = self.time_now();
-        let ev = a.repo.sync_event(&time);
-        let host = a.host;
-        drop(a);
-        if let Some(s) = ev {
-            self.emit(Planned::Valid(host, Event::Sync(s)));
-        }
-        Ok(())
-    }
-
-    /// Rotates the account's signing key in the PLC document (no event: a PDS follows a
-    /// rotation with a commit signed by the new key).
-    pub fn rotate_key(&self, did: &str) -> Result<(), SimError> {
-        let a = self.account_by_did(did)?;
-        let mut a = lock(&a);
-        a.key_version += 1;
-        let key = PrivateKey::from_seed(a.curve, format!("{did}#{}", a.key_version).as_bytes());
-        a.repo.set_key(key);
-        self.plc.set(did, self.document(&a));
-        Ok(())
-    }
-
-    /// Moves an account to another host as a migration does: new key and PDS in the PLC
-    /// document, then the new host emits `#identity`, `#account` (active) and a `#sync` signed by
-    /// the new key, and the old host reports the account deactivated.
-    pub fn migrate(&self, did: &str, to: usize) -> Result<(), SimError> {
-        let a = self.account_by_did(did)?;
-        let mut a = lock(&a);
-        let from = a.host;
-        a.host = to;
-        a.key_version += 1;
-        let key = PrivateKey::from_seed(a.curve, format!("{did}#{}", a.key_version).as_bytes());
-        a.repo.set_key(key);
-        self.plc.set(did, self.document(&a));
-        a.repo.resign();
-        let t = self.time_now();
-        let sync = a.repo.sync_event(&t);
-        drop(a);
-        self.emit(Planned::Valid(
-            to,
-            Event::Identity(IdentityEvent {
-                seq: 0,
-                did: did.to_owned(),
-                time: self.time_now(),
-                handle: None,
-            }),
-        ));
-        self.emit(Planned::Valid(
-            to,
-            Event::Account(AccountEvent {
-                seq: 0,
-                did: did.to_owned(),
-                time: self.time_now(),
-                active: true,
-                status: None,
-            }),
-        ));
-        if let Some(s) = sync {
-            self.emit(Planned::Valid(to, Event::Sync(s)));
-        }
-        // The old host's view; a relay must ignore it (wrong host). Not in the ledger.
-        self.emit(Planned::Defect(
-            from,
-            Event::Account(AccountEvent {
-                seq: 0,
-                did: did.to_owned(),
-                time: self.time_now(),
-                active: false,
-                status: Some("deactivated".into()),
-            }),
-        ));
-        Ok(())
-    }
-
-    /// Handles one HTTP request to host `h`.
-    fn handle_host(&self, h: usize, mut s: TcpStream, head: crate::http::front::Head) {
-        use server::{respond, respond_json, xrpc_error};
-        let host = &self.hosts[h];
-        let path = head.path().to_owned();
-        if path == "/xrpc/com.atproto.sync.subscribeRepos" {
-            let Some(key) = head.header("sec-websocket-key") else {
-                return xrpc_error(&mut s, 400, "InvalidRequest", "WebSocket upgrade required");
-            };
-            let cursor = match head.query("cursor").map(|c| c.parse::<u64>()) {
-                None => None,
-                Some(Ok(c)) => Some(c),
-                Some(Err(_)) => return xrpc_error(&mut s, 400, "InvalidRequest", "bad cursor"),
-            };
-            let start = host.start_position(cursor);
-            let accept = tungstenite::handshake::derive_accept_key(key.trim().as_bytes());
-            let resp = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nServer: rlay-sim-pds\r\n\r\n"
-            );
-            if std::io::Write::write_all(&mut s, resp.as_bytes()).is_ok() {
-                host.serve_subscriber(s, start);
-            }
-            return;
-        }
-        let did = head.query("did").unwrap_or_default();
-        let on_host = || -> Option<Arc<Mutex<SimAccount>>> {
-            let a = self.account(self.index_of(&did)?)?;
-            let ok = lock(&a).host == h;
-            ok.then_some(a)
-        };
-        match path.as_str() {
-            "/xrpc/com.atproto.server.describeServer" => respond_json(
-                &mut s,
-                200,
-                &json!({"did": format!("did:web:{}", host.hostname.replace(':', "%3A")), "availableUserDomains": [".test"], "inviteCodeRequired": false, "links": {}}),
-            ),
-            "/xrpc/com.atproto.sync.getRepoStatus" => match on_host() {
-                None => xrpc_error(&mut s, 404, "RepoNotFound", &format!("no repo for {did}")),
-                Some(a) => {
-                    let a = lock(&a);
-                    let (active, status) = a.status.wire();
-                    let mut v = json!({"did": did, "active": active});
-                    if let Some(st) = status {
-                        v["status"] = json!(st);
-                    } else if let Some((_, rev)) = a.repo.head() {
-                        v["rev"] = json!(rev);
-                    }
-                    respond_json(&mut s, 200, &v);
-                }
-            },
-            "/xrpc/com.atproto.sync.getLatestCommit" | "/xrpc/com.atproto.sync.getRepo" => {
-                match on_host() {
-                    None => xrpc_error(&mut s, 404, "RepoNotFound", &format!("no repo for {did}")),
-                    Some(a) => {
-                        let a = lock(&a);
-                        match a.status {
-                            Status::Deactivated => {
-                                return xrpc_error(
-                                    &mut s,
-                                    400,
-                                    "RepoDeactivated",
-                                    "repo is deactivated",
-                                );
-                            }
-                            Status::Takendown => {
-                                return xrpc_error(
-                                    &mut s,
-                                    400,
-                                    "RepoTakendown",
-                                    "repo is taken down",
-                                );
-                            }
-                            Status::Deleted => {
-                                return xrpc_error(&mut s, 404, "RepoNotFound", "repo was deleted");
-                            }
-                            Status::Active => {}
-                        }
-                        if path.ends_with("getRepo") {
-                            let car = a.repo.export_car();
-                            drop(a);
-                            respond(&mut s, 200, "application/vnd.ipld.car", &car);
-                        } else if let Some((cid, rev)) = a.repo.head() {
-                            respond_json(&mut s, 200, &json!({"cid": cid.to_string(), "rev": rev}));
-                        }
-                    }
-                }
-            }
-            "/xrpc/com.atproto.sync.listRepos" => {
-                let limit = head
-                    .query("limit")
-                    .and_then(|l| l.parse::<usize>().ok())
-                    .unwrap_or(500)
-                    .clamp(1, 1000);
-                let after = head.query("cursor").and_then(|c| c.parse::<usize>().ok());
-                let list = self
-                    .accounts
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone();
-                let mut repos = Vec::new();
-                let mut last = None;
-                for (i, a) in list.iter().enumerate() {
-                    if after.is_some_and(|c| i <= c) {
-                        continue;
-                    }
-                    let a = lock(a);
-                    if a.host != h {
-                        continue;
-                    }
-                    let (active, status) = a.status.wire();
-                    let (head_cid, rev) = a
-                        .repo
-                        .head()
-                        .map(|(c, r)| (c.to_string(), r.to_owned()))
-                        .unwrap_or_default();
-                    let mut v =
-                        json!({"did": a.did, "head": head_cid, "rev": rev, "active": active});
-                    if let Some(st) = status {
-                        v["status"] = json!(st);
-                    }
-                    repos.push(v);
-                    last = Some(i);
-                    if repos.len() >= limit {
-                        break;
-                    }
-                }
-                let mut body = json!({"repos": repos});
-                if let (Some(l), true) = (
-                    last,
-                    body["repos"].as_array().is_some_and(|r| r.len() >= limit),
-                ) {
-                    body["cursor"] = json!(l.to_string());
-                }
-                respond_json(&mut s, 200, &body);
-            }
-            "/xrpc/com.atproto.identity.resolveHandle" => {
-                let handle = head
-                    .query("handle")
-                    .unwrap_or_default()
-                    .to_ascii_lowercase();
-                let list = self
-                    .accounts
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone();
-                match list
-                    .iter()
-                    .map(|a| lock(a))
-                    .find(|a| a.handle == handle && a.host == h)
-                    .map(|a| a.did.clone())
-                {
-                    Some(d) => respond_json(&mut s, 200, &json!({"did": d})),
-                    None => xrpc_error(&mut s, 400, "InvalidRequest", "Unable to resolve handle"),
-                }
-            }
-            _ => xrpc_error(
-                &mut s,
-                404,
-                "MethodNotImplemented",
-                "not implemented by the simulator",
-            ),
-        }
-    }
 }
 
 /// A running simulated network.
 pub struct Sim {
-    pub world: Arc<World>,
+    pub(crate) world: Arc<World>,
     traffic: Option<Traffic>,
 }
 
@@ -717,7 +419,7 @@ impl Sim {
                 cfg.first_port.saturating_add(i as u16)
             };
             let (l, addr) = server::bind(port)?;
-            hosts.push(Arc::new(Host::new(i, addr)));
+            hosts.push(Arc::new(Host::new(addr)));
             listeners.push(l);
         }
         let plc = Arc::new(Plc::default());
@@ -760,6 +462,11 @@ impl Sim {
             world,
             traffic: None,
         })
+    }
+
+    /// The simulated network's state and its accounts' actions.
+    pub fn world(&self) -> &Arc<World> {
+        &self.world
     }
 
     pub fn hostnames(&self) -> Vec<String> {
@@ -831,81 +538,6 @@ impl Drop for Sim {
         for h in &self.world.hosts {
             h.shutdown.store(true, Ordering::Relaxed);
             h.restart();
-        }
-    }
-}
-
-/// Background generation (ahead of time) and paced emission.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    emitted: Arc<AtomicU64>,
-    queue: Arc<Mutex<std::collections::VecDeque<Planned>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(world: Arc<World>, rate: f64, prefill: usize, limit: Option<usize>) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let emitted = Arc::new(AtomicU64::new(0));
-        let queue: Arc<Mutex<std::collections::VecDeque<Planned>>> =
-            Arc::new(Mutex::new(Default::default()));
-        let cap = prefill.max((rate * 2.0).min(1e7) as usize).max(64);
-        let mut threads = Vec::new();
-        {
-            let (w, q, st) = (world.clone(), queue.clone(), stop.clone());
-            threads.push(std::thread::spawn(move || {
-                let mut rng = traffic::Rng::new(w.seed ^ 0x5eed);
-                let mut made = 0usize;
-                while !st.load(Ordering::Relaxed) && limit.is_none_or(|l| made < l) {
-                    if q.lock().unwrap_or_else(PoisonError::into_inner).len() >= cap {
-                        std::thread::sleep(Duration::from_millis(2));
-                        continue;
-                    }
-                    let planned = traffic::random_action(&w, &mut rng);
-                    made += planned.len();
-                    q.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .extend(planned);
-                }
-            }));
-        }
-        {
-            let (w, q, st, em) = (world, queue.clone(), stop.clone(), emitted.clone());
-            threads.push(std::thread::spawn(move || {
-                while q.lock().unwrap_or_else(PoisonError::into_inner).len() < prefill
-                    && !st.load(Ordering::Relaxed)
-                {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                let start = Instant::now();
-                let mut sent = 0u64;
-                while !st.load(Ordering::Relaxed) {
-                    let due = (start.elapsed().as_secs_f64() * rate) as u64;
-                    while sent < due {
-                        let Some(p) = q.lock().unwrap_or_else(PoisonError::into_inner).pop_front()
-                        else {
-                            break;
-                        };
-                        w.emit(p);
-                        sent += 1;
-                        em.store(sent, Ordering::Relaxed);
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }));
-        }
-        Traffic {
-            stop,
-            emitted,
-            queue,
-            threads,
-        }
-    }
-
-    fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
         }
     }
 }

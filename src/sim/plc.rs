@@ -4,7 +4,7 @@
 //! `/{did}/data`, so a real PDS (Bluesky's reference implementation) can register accounts in it.
 
 use super::server::{self, respond_json};
-use crate::crypto::PublicKey;
+use crate::proto::crypto::PublicKey;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -101,7 +101,7 @@ impl Plc {
         &self,
         s: &mut std::net::TcpStream,
         did: &str,
-        head: &crate::http::front::Head,
+        head: &crate::http::head::Head,
         buf: &[u8],
     ) {
         let op: Option<Value> =
@@ -132,7 +132,7 @@ impl Plc {
             listener,
             "sim-plc".into(),
             Arc::new(move |mut s, head, buf| {
-                let path = crate::http::front::percent_decode(head.path().trim_start_matches('/'));
+                let path = crate::util::percent_decode(head.path().trim_start_matches('/'));
                 if head.method == "POST" {
                     me.post(&mut s, &path, &head, &buf);
                     return;

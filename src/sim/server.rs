@@ -1,7 +1,7 @@
 //! The simulator's HTTP plumbing: a blocking accept thread per listener (idle listeners cost no
 //! CPU, which is what lets one process hold 3,000 hosts) and a thread per connection.
 
-use crate::http::front::{Head, read_head};
+use crate::http::head::{Head, read_head};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;

@@ -3,12 +3,12 @@
 
 use super::fault::FaultKind;
 use super::{Planned, SimAccount, Status, World, lock};
-use crate::car::{Car, write_car};
-use crate::cbor::Value;
-use crate::cid::Cid;
-use crate::crypto::PrivateKey;
-use crate::frame::{AccountEvent, CommitEvent, Event, IdentityEvent};
-use crate::repo::Write;
+use crate::proto::car::{Car, write_car};
+use crate::proto::cbor::Value;
+use crate::proto::cid::Cid;
+use crate::proto::crypto::PrivateKey;
+use crate::proto::frame::{AccountEvent, CommitEvent, Event, IdentityEvent};
+use crate::sim::repo::Write;
 use bytes::Bytes;
 
 /// xorshift64*: deterministic, dependency-free, plenty for traffic shapes.
@@ -338,10 +338,10 @@ fn defect(
             let older = a
                 .repo
                 .head()
-                .and_then(|(_, r)| crate::syntax::tid_to_u64(r))
+                .and_then(|(_, r)| crate::proto::syntax::tid_to_u64(r))
                 .map(|v| {
                     let micros = (v >> 10).saturating_sub(1_000);
-                    crate::syntax::tid_from_parts(micros, (v & 0x3ff) as u16)
+                    crate::proto::syntax::tid_from_parts(micros, (v & 0x3ff) as u16)
                 });
             a.repo.commit_with_rev(&writes, &time, older)
         }
@@ -373,7 +373,7 @@ fn defect(
         FaultKind::MissingBlocks => {
             let root = Car::parse(&c.blocks).ok().and_then(|car| {
                 car.get(&c.commit)
-                    .and_then(|b| crate::commit::SignedCommit::decode(b).ok())
+                    .and_then(|b| crate::proto::commit::SignedCommit::decode(b).ok())
                     .map(|sc| sc.commit.data)
             });
             edit_car(&mut c, |b| b.retain(|(k, _)| Some(*k) != root));

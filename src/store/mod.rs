@@ -78,17 +78,31 @@ impl HostStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostRow {
-    pub id: i64,
-    pub hostname: String,
-    pub status: HostStatus,
+    pub(crate) id: i64,
+    pub(crate) hostname: String,
+    pub(crate) status: HostStatus,
     /// Last upstream seq persisted (-1: never).
-    pub last_seq: i64,
-    pub account_count: i64,
-    pub account_limit: i64,
-    pub trusted: bool,
-    pub no_tls: bool,
-    pub created_at: i64,
-    pub updated_at: i64,
+    pub(crate) last_seq: i64,
+    pub(crate) account_count: i64,
+    pub(crate) account_limit: i64,
+    pub(crate) trusted: bool,
+    pub(crate) no_tls: bool,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
+}
+
+impl HostRow {
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    pub fn status(&self) -> HostStatus {
+        self.status
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,19 +152,19 @@ impl Batch {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackfillRow {
-    pub collection: String,
-    pub cursor: Option<String>,
-    pub imported: i64,
+    pub(crate) collection: String,
+    pub(crate) cursor: Option<String>,
+    pub(crate) imported: i64,
     /// pending | running | done | failed
-    pub state: String,
-    pub updated_at: i64,
+    pub(crate) state: String,
+    pub(crate) updated_at: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BackfillTotals {
-    pub collections: i64,
-    pub done: i64,
-    pub imported: i64,
+    pub(crate) collections: i64,
+    pub(crate) done: i64,
+    pub(crate) imported: i64,
 }
 
 pub trait Store: Send + Sync {
@@ -203,16 +217,8 @@ pub trait Store: Send + Sync {
     fn backfill_totals(&self) -> Result<BackfillTotals>;
 }
 
-/// Current time in unix milliseconds (the unit of every stored timestamp).
 /// DIDs per `IN (...)` query.
 pub const DIDS_PER_QUERY: usize = 500;
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// Opens the store named by `DATABASE_URL` (default: SQLite in the data dir) and migrates it.
 pub fn open(url: Option<&str>, data_dir: &Path) -> Result<Arc<dyn Store>> {
@@ -243,3 +249,6 @@ pub fn redact_url(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -18,11 +18,11 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Options {
     /// The URL with the options tokio-postgres does not know taken out.
-    pub url: String,
+    pub(crate) url: String,
     /// `sslmode` is `require`, `verify-ca` or `verify-full`.
-    pub tls: bool,
+    pub(crate) tls: bool,
     /// `sslrootcert`: a PEM file of CAs to trust besides the public roots.
-    pub root_cert: Option<String>,
+    pub(crate) root_cert: Option<String>,
 }
 
 pub fn split_options(url: &str) -> Options {
@@ -42,7 +42,7 @@ pub fn split_options(url: &str) -> Options {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("sslrootcert", path)) => {
-                out.root_cert = Some(crate::http::front::percent_decode(path));
+                out.root_cert = Some(crate::util::percent_decode(path));
             }
             Some(("sslmode", "require" | "verify-ca" | "verify-full")) => {
                 out.tls = true;

@@ -5,8 +5,9 @@ use super::pool::Pool;
 use super::sql::{self, numbered};
 use super::{
     AccountRow, BackfillRow, BackfillTotals, Batch, HostRow, HostStatus, NewHost, Result, Store,
-    StoreError, now_ms, redact_url,
+    StoreError, redact_url,
 };
+use crate::util::now_ms;
 use postgres::{Client, Row};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[

@@ -5,8 +5,9 @@ use super::pool::Pool;
 use super::sql;
 use super::{
     AccountRow, BackfillRow, BackfillTotals, Batch, HostRow, HostStatus, NewHost, Result, Store,
-    StoreError, now_ms,
+    StoreError,
 };
+use crate::util::now_ms;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

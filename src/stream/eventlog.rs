@@ -39,28 +39,39 @@ pub struct LogFrame {
     pub bytes: Bytes,
 }
 
-/// FNV-1a 64: stable across runs (it is stored on disk), cheap, and good enough to key a set.
-pub fn did_hash(did: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in did.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+/// A record's head: `len | crc | seq | time | did_hash | kind`; the frame bytes follow it.
+fn record_head(f: &LogFrame) -> [u8; PREFIX + META] {
+    let mut h = [0u8; PREFIX + META];
+    h[0..4].copy_from_slice(&((META + f.bytes.len()) as u32).to_le_bytes());
+    h[8..16].copy_from_slice(&f.seq.to_le_bytes());
+    h[16..24].copy_from_slice(&f.time_ms.to_le_bytes());
+    h[24..32].copy_from_slice(&f.did_hash.to_le_bytes());
+    h[32] = f.kind;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h[PREFIX..]);
+    crc.update(&f.bytes);
+    h[4..8].copy_from_slice(&crc.finalize().to_le_bytes());
     h
 }
 
-fn encode_record(f: &LogFrame, out: &mut Vec<u8>) {
-    let len = META + f.bytes.len();
-    let start = out.len();
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&f.seq.to_le_bytes());
-    out.extend_from_slice(&f.time_ms.to_le_bytes());
-    out.extend_from_slice(&f.did_hash.to_le_bytes());
-    out.push(f.kind);
-    out.extend_from_slice(&f.bytes);
-    let crc = crc32fast::hash(&out[start + PREFIX..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+/// Writes every slice, however the kernel splits the writes.
+fn write_all_vectored(file: &mut File, mut bufs: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+    while !bufs.is_empty() {
+        match file.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl LogFrame {
+    /// A `#commit` or `#sync` (the kinds a takedown hides from replay).
+    pub fn is_repo_event(&self) -> bool {
+        self.kind == KIND_COMMIT || self.kind == KIND_SYNC
+    }
 }
 
 enum ReadOutcome {
@@ -146,10 +157,27 @@ pub struct EventLog {
 /// What `open` found.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OpenReport {
-    pub last_seq: Option<u64>,
-    pub segments: usize,
+    pub(crate) last_seq: Option<u64>,
+    pub(crate) segments: usize,
     /// Bytes cut from a torn or corrupt tail.
-    pub truncated_bytes: u64,
+    pub(crate) truncated_bytes: u64,
+}
+
+impl OpenReport {
+    /// Segments found.
+    pub fn segments(&self) -> usize {
+        self.segments
+    }
+
+    /// The last seq on disk.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.last_seq
+    }
+
+    /// Bytes of a torn or corrupt tail that were cut.
+    pub fn truncated_bytes(&self) -> u64 {
+        self.truncated_bytes
+    }
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -243,11 +271,12 @@ impl EventLog {
         let Some(first) = frames.first() else {
             return Ok(());
         };
-        let mut buf =
-            Vec::with_capacity(frames.iter().map(|f| f.bytes.len() + PREFIX + META).sum());
-        for f in frames {
-            encode_record(f, &mut buf);
-        }
+        // One head per record, and the frames written from where they already are.
+        let heads: Vec<[u8; PREFIX + META]> = frames.iter().map(record_head).collect();
+        let total: u64 = frames
+            .iter()
+            .map(|f| (PREFIX + META + f.bytes.len()) as u64)
+            .sum();
         let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
         let roll = match active.as_ref() {
             None => true,
@@ -264,8 +293,16 @@ impl EventLog {
         let a = active
             .as_mut()
             .ok_or_else(|| io::Error::other("no active segment"))?;
-        a.file.write_all(&buf)?;
-        a.bytes += buf.len() as u64;
+        // At most IOV_MAX (1024) slices per call: two per record.
+        for (hs, fs) in heads.chunks(512).zip(frames.chunks(512)) {
+            let mut slices: Vec<io::IoSlice<'_>> = hs
+                .iter()
+                .zip(fs)
+                .flat_map(|(h, f)| [io::IoSlice::new(h), io::IoSlice::new(&f.bytes)])
+                .collect();
+            write_all_vectored(&mut a.file, &mut slices)?;
+        }
+        a.bytes += total;
         a.dirty = true;
         Ok(())
     }

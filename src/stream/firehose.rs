@@ -7,47 +7,19 @@
 //! sent and always asks for the next one; the ring says whether it has it, has not got it yet,
 //! or has already dropped it (then the disk log, which was written before the ring, has it).
 
-use super::eventlog::{EventLog, KIND_COMMIT, KIND_SYNC, LogFrame, LogReader, did_hash};
+use super::eventlog::{EventLog, LogReader};
 use super::registry::Registry;
 use super::ring::{Lookup, Ring};
-use crate::frame;
-use arc_swap::ArcSwap;
+use crate::proto::frame;
+use crate::util::Hidden;
 use bytes::Bytes;
-use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
-
-/// Accounts the relay has taken down: their `#commit`/`#sync` frames are not replayed.
-#[derive(Default)]
-pub struct Hidden {
-    set: ArcSwap<HashSet<u64>>,
-    edit: Mutex<()>,
-}
-
-impl Hidden {
-    pub fn hide(&self, did: &str) {
-        let _g = self.edit.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut s = self.set.load_full().as_ref().clone();
-        s.insert(did_hash(did));
-        self.set.store(Arc::new(s));
-    }
-
-    pub fn unhide(&self, did: &str) {
-        let _g = self.edit.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut s = self.set.load_full().as_ref().clone();
-        s.remove(&did_hash(did));
-        self.set.store(Arc::new(s));
-    }
-
-    fn hides(&self, f: &LogFrame) -> bool {
-        (f.kind == KIND_COMMIT || f.kind == KIND_SYNC) && self.set.load().contains(&f.did_hash)
-    }
-}
 
 /// Where a new consumer starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,12 +50,12 @@ impl Default for FirehoseConfig {
 
 /// Everything consumer threads share.
 pub struct Hub {
-    pub log: Arc<EventLog>,
-    pub ring: Arc<Ring>,
-    pub registry: Arc<Registry>,
-    pub hidden: Arc<Hidden>,
-    pub config: FirehoseConfig,
-    pub shutdown: Arc<AtomicBool>,
+    pub(crate) log: Arc<EventLog>,
+    pub(crate) ring: Arc<Ring>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) hidden: Arc<Hidden>,
+    pub(crate) config: FirehoseConfig,
+    pub(crate) shutdown: Arc<AtomicBool>,
 }
 
 /// The consumer's socket as tungstenite sees it: counts bytes sent, and bounds how long one
@@ -117,11 +89,29 @@ impl Write for Counted {
 
 /// Metadata about the client, for the registry.
 pub struct Client {
-    pub remote_addr: String,
-    pub user_agent: String,
+    pub(crate) remote_addr: String,
+    pub(crate) user_agent: String,
 }
 
 impl Hub {
+    pub fn log(&self) -> &Arc<EventLog> {
+        &self.log
+    }
+
+    pub fn ring(&self) -> &Arc<Ring> {
+        &self.ring
+    }
+
+    /// The relay's takedown filter (shared with the pipeline).
+    pub fn hidden(&self) -> &Arc<Hidden> {
+        &self.hidden
+    }
+
+    /// The consumers connected now.
+    pub fn consumers(&self) -> Vec<Arc<super::registry::ConsumerInfo>> {
+        self.registry.list()
+    }
+
     /// Applies the cursor rules of the spec to a requested cursor.
     pub fn start_for(&self, cursor: Option<u64>) -> Start {
         let head = self.ring.head();
@@ -260,13 +250,13 @@ impl Hub {
                     };
                     last = f.seq;
                     info.cursor.store(last, Ordering::Relaxed);
-                    if self.hidden.hides(&f) {
+                    if f.is_repo_event() && self.hidden.hides(f.did_hash) {
                         continue;
                     }
                     batch_bytes += f.bytes.len();
                     match ws.write(Message::Binary(f.bytes.clone())) {
                         Ok(()) => {}
-                        Err(e) if crate::net::ws_timed_out(&e) => {
+                        Err(e) if crate::util::net::ws_timed_out(&e) => {
                             pending = true;
                             break;
                         }
@@ -285,7 +275,7 @@ impl Hub {
                         last_write = Instant::now();
                         last_progress = last_write;
                     }
-                    Err(e) if crate::net::ws_timed_out(&e) => pending = true,
+                    Err(e) if crate::util::net::ws_timed_out(&e) => pending = true,
                     Err(_) => return "write failed",
                 }
                 let now_bytes = written.load(Ordering::Relaxed);
@@ -309,13 +299,13 @@ impl Hub {
                         if !queued {
                             match ws.write(Message::Binary(Bytes::from(f.clone()))) {
                                 Ok(()) => queued = true,
-                                Err(e) if crate::net::ws_timed_out(&e) => queued = true,
+                                Err(e) if crate::util::net::ws_timed_out(&e) => queued = true,
                                 Err(_) => break,
                             }
                         }
                         match ws.flush() {
                             Ok(()) => break,
-                            Err(e) if crate::net::ws_timed_out(&e) => {}
+                            Err(e) if crate::util::net::ws_timed_out(&e) => {}
                             Err(_) => break,
                         }
                     }
@@ -336,7 +326,7 @@ impl Hub {
                         return "client closed";
                     }
                     Ok(_) => continue,
-                    Err(e) if crate::net::ws_timed_out(&e) => break,
+                    Err(e) if crate::util::net::ws_timed_out(&e) => break,
                     Err(_) => return "connection lost",
                 }
             }
@@ -344,7 +334,7 @@ impl Hub {
                 if last_write.elapsed() >= self.config.ping_interval {
                     match ws.send(Message::Ping(Bytes::new())) {
                         Ok(()) => last_write = Instant::now(),
-                        Err(e) if crate::net::ws_timed_out(&e) => pending = true,
+                        Err(e) if crate::util::net::ws_timed_out(&e) => pending = true,
                         Err(_) => return "connection lost",
                     }
                 }

@@ -6,8 +6,9 @@ pub mod registry;
 pub mod ring;
 pub mod sequencer;
 
+use crate::util::Hidden;
 use eventlog::{EventLog, OpenReport};
-use firehose::{FirehoseConfig, Hidden, Hub};
+use firehose::{FirehoseConfig, Hub};
 use registry::Registry;
 use ring::Ring;
 use sequencer::Sequencer;
@@ -42,9 +43,9 @@ impl Default for StreamConfig {
 }
 
 pub struct Stream {
-    pub hub: Arc<Hub>,
-    pub sequencer: Sequencer,
-    pub opened: OpenReport,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) sequencer: Sequencer,
+    pub(crate) opened: OpenReport,
     sequencer_thread: Option<JoinHandle<()>>,
     shutdown: Arc<AtomicBool>,
 }
@@ -74,7 +75,7 @@ impl Stream {
             .stack_size(1 << 20)
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let cutoff = crate::store::now_ms() - window.as_millis() as i64;
+                    let cutoff = crate::util::now_ms() - window.as_millis() as i64;
                     match log.remove_older_than(cutoff) {
                         Ok(0) => {}
                         Ok(n) => log::info!(
@@ -100,6 +101,20 @@ impl Stream {
             sequencer_thread: Some(sequencer_thread),
             shutdown,
         })
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// The producers' side: where accepted events go to be sequenced.
+    pub fn sequencer(&self) -> &Sequencer {
+        &self.sequencer
+    }
+
+    /// What opening the log found (segments, last seq, a repaired tail).
+    pub fn opened(&self) -> &OpenReport {
+        &self.opened
     }
 
     /// Last sequenced seq.

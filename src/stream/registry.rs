@@ -6,14 +6,45 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 #[derive(Debug)]
 pub struct ConsumerInfo {
-    pub id: u64,
-    pub remote_addr: String,
-    pub user_agent: String,
-    pub connected_at_ms: i64,
+    pub(crate) id: u64,
+    pub(crate) remote_addr: String,
+    pub(crate) user_agent: String,
+    pub(crate) connected_at_ms: i64,
     /// Last seq delivered.
-    pub cursor: AtomicU64,
-    pub events_sent: AtomicU64,
-    pub bytes_sent: AtomicU64,
+    pub(crate) cursor: AtomicU64,
+    pub(crate) events_sent: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+}
+
+impl ConsumerInfo {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn remote_addr(&self) -> &str {
+        &self.remote_addr
+    }
+
+    pub fn user_agent(&self) -> &str {
+        &self.user_agent
+    }
+
+    pub fn connected_at_ms(&self) -> i64 {
+        self.connected_at_ms
+    }
+
+    /// Last seq delivered.
+    pub fn cursor(&self) -> u64 {
+        self.cursor.load(Ordering::Relaxed)
+    }
+
+    pub fn events_sent(&self) -> u64 {
+        self.events_sent.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::Relaxed)
+    }
 }
 
 #[derive(Default)]
@@ -25,7 +56,7 @@ pub struct Registry {
 /// Unregisters on drop.
 pub struct Registration {
     registry: Arc<Registry>,
-    pub info: Arc<ConsumerInfo>,
+    pub(crate) info: Arc<ConsumerInfo>,
 }
 
 impl Drop for Registration {
@@ -51,7 +82,7 @@ impl Registry {
             id,
             remote_addr,
             user_agent,
-            connected_at_ms: crate::store::now_ms(),
+            connected_at_ms: crate::util::now_ms(),
             cursor: AtomicU64::new(cursor),
             events_sent: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),

@@ -1,20 +1,19 @@
 //! The sequencer: the one thread that gives events their relay seq.
 //!
-//! For each batch drained from its channel it assigns consecutive seqs, encodes every frame
-//! once, appends the batch to the disk log with one write, and only then publishes it to the
-//! ring — so nothing is broadcast that a restart could lose or renumber.
+//! Producers encode each frame once, on their own threads, leaving its seq as a slot
+//! (`Outgoing`). For each batch drained from its channel the sequencer writes consecutive seqs
+//! into those slots, appends the batch to the disk log with one vectored write (no copy of the
+//! frames), and only then publishes it to the ring — so nothing is broadcast that a restart
+//! could lose or renumber.
 //!
 //! fsync policy: frames reach the OS (write(2)) before they are broadcast, which survives a
 //! process crash; `fdatasync` runs at most every 200 ms while there are writes, on every
 //! `Barrier` (the store flusher sends one before committing account state, so stored state
 //! never gets ahead of the durable log), at segment roll and at shutdown.
 
-use super::eventlog::{
-    EventLog, KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, KIND_SYNC, LogFrame, did_hash,
-};
+use super::eventlog::{EventLog, KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, KIND_SYNC, LogFrame};
 use super::ring::Ring;
-use crate::frame::{self, Event};
-use bytes::Bytes;
+use crate::proto::frame::{Event, Unsequenced};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -23,10 +22,27 @@ use std::time::{Duration, Instant};
 const MAX_BATCH: usize = 1024;
 const SYNC_EVERY: Duration = Duration::from_millis(200);
 
-#[allow(clippy::large_enum_variant)] // see frame::Event: moved once, boxing would only add an allocation
+/// An accepted event, encoded by its producer, waiting for its seq.
+#[derive(Debug)]
+pub struct Outgoing {
+    frame: Unsequenced,
+    kind: u8,
+    did_hash: u64,
+}
+
+impl Outgoing {
+    /// `None` for event types that are not sequenced (`#info`, errors, unknown types).
+    pub fn new(e: &Event) -> Option<Outgoing> {
+        Some(Outgoing {
+            frame: Unsequenced::encode(e)?,
+            kind: kind_of(e),
+            did_hash: crate::util::did_hash(e.did().unwrap_or_default()),
+        })
+    }
+}
+
 pub enum SeqMsg {
-    /// An accepted event; its `seq` is replaced.
-    Event(Event),
+    Event(Outgoing),
     /// Replies with the last assigned seq once everything before it is fsynced.
     Barrier(Sender<u64>),
 }
@@ -38,9 +54,14 @@ pub struct Sequencer {
 }
 
 impl Sequencer {
-    /// Queues an event (blocks when the sequencer is 10k events behind: backpressure).
-    pub fn emit(&self, e: Event) -> bool {
-        self.tx.send(SeqMsg::Event(e)).is_ok()
+    /// Queues an encoded event (blocks when the sequencer is 10k events behind: backpressure).
+    pub fn send(&self, out: Outgoing) -> bool {
+        self.tx.send(SeqMsg::Event(out)).is_ok()
+    }
+
+    /// Encodes and queues an event; false if it is not a sequenced type or the sequencer is gone.
+    pub fn emit(&self, e: &Event) -> bool {
+        Outgoing::new(e).is_some_and(|o| self.send(o))
     }
 
     /// Waits until every event emitted before this call is durable; returns the last seq.
@@ -100,19 +121,17 @@ fn run(rx: Receiver<SeqMsg>, log: Arc<EventLog>, ring: Arc<Ring>, mut next: u64)
         };
         let mut frames: Vec<LogFrame> = Vec::new();
         let mut barriers = Vec::new();
-        let now = crate::store::now_ms();
+        let now = crate::util::now_ms();
         let mut msg = Some(first);
         while let Some(m) = msg.take() {
             match m {
-                SeqMsg::Event(mut e) => {
-                    e.set_seq(next as i64);
-                    let did = e.did().unwrap_or_default();
+                SeqMsg::Event(o) => {
                     frames.push(LogFrame {
                         seq: next,
                         time_ms: now,
-                        did_hash: did_hash(did),
-                        kind: kind_of(&e),
-                        bytes: Bytes::from(frame::encode(&e)),
+                        did_hash: o.did_hash,
+                        kind: o.kind,
+                        bytes: o.frame.sequence(next),
                     });
                     next += 1;
                 }

@@ -1,0 +1,275 @@
+//! indigo's admin routes (same paths, parameters and answer shapes, so existing operator tools
+//! keep working). Authentication happens in dispatch, before any of these run.
+
+use super::routes::Ctx;
+use super::server::{Req, Resp, internal, json_response, success, xrpc_error};
+use crate::ingest::accounts::{TAKENDOWN, THROTTLED};
+use crate::proto::syntax::{is_normalized_did, is_valid_did, normalize_did};
+use crate::store::HostStatus;
+use serde_json::{Value, json};
+
+fn invalid(message: &str) -> Resp {
+    xrpc_error(400, "InvalidRequest", message)
+}
+
+pub(crate) fn upstream_conns(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
+    let conns: Vec<String> = ctx
+        .hosts
+        .all()
+        .into_iter()
+        .filter(|h| h.connected())
+        .map(|h| h.hostname().to_owned())
+        .collect();
+    Ok(json_response(200, &json!(conns)))
+}
+
+pub(crate) fn kill_upstream(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
+    let host = r.required("host")?;
+    let block = r.param("block") == Some("true");
+    match ctx.crawler.kill(host, block).map_err(internal)? {
+        true => Ok(success()),
+        false => Err(invalid(&format!("{host} is not connected"))),
+    }
+}
+
+pub(crate) fn get_enabled(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
+    Ok(json_response(
+        200,
+        &json!({"enabled": ctx.crawler.enabled()}),
+    ))
+}
+
+pub(crate) fn set_enabled(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
+    ctx.crawler.set_enabled(r.bool_param("enabled")?);
+    Ok(success())
+}
+
+pub(crate) fn per_day_limit(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
+    Ok(json_response(
+        200,
+        &json!({"limit": ctx.crawler.per_day_limit()}),
+    ))
+}
+
+pub(crate) fn set_per_day_limit(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
+    let n = r
+        .param("limit")
+        .and_then(|l| l.parse::<u32>().ok())
+        .ok_or_else(|| invalid("limit must be a non-negative integer"))?;
+    ctx.crawler.set_per_day_limit(n);
+    Ok(success())
+}
+
+pub(crate) fn list_domain_bans(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
+    Ok(json_response(
+        200,
+        &json!({"banned_domains": ctx.crawler.domain_bans()}),
+    ))
+}
+
+pub(crate) fn ban_domain(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
+    let d = r.body_field("Domain")?;
+    if d.trim().is_empty() {
+        return Err(invalid("Domain is empty"));
+    }
+    ctx.crawler.ban_domain(&d).map_err(internal)?;
+    Ok(success())
+}
+
+pub(crate) fn unban_domain(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
+    let d = r.body_field("Domain")?;
+    ctx.crawler.unban_domain(&d).map_err(internal)?;
+    Ok(success())
+}
+
+pub(crate) fn takedowns(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
+    let after = r.int_cursor()?;
+    let rows = ctx
+        .store
+        .list_accounts_by_status(TAKENDOWN, None, after, 500)
+        .map_err(internal)?;
+    let mut v = json!({"dids": rows.iter().map(|a| a.did.clone()).collect::<Vec<_>>()});
+    if rows.len() >= 500
+        && let Some(l) = rows.last()
+    {
+        v["cursor"] = json!(l.uid.to_string());
+    }
+    Ok(json_response(200, &v))
+}
+
+fn did_body(r: &Req) -> Result<String, Resp> {
+    let did = normalize_did(&r.body_field("did")?);
+    if !is_valid_did(&did) || !is_normalized_did(&did) {
+        return Err(invalid("did is not a valid DID"));
+    }
+    Ok(did)
+}
+
+fn found_account(ok: bool, did: &str) -> Result<Resp, Resp> {
+    if ok {
+        Ok(success())
+    } else {
+        Err(xrpc_error(
+            404,
+            "RepoNotFound",
+            &format!("no account {did}"),
+        ))
+    }
+}
+
+pub(crate) fn take_down(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
+    let did = did_body(r)?;
+    found_account(ctx.pipeline.take_down(&did, TAKENDOWN), &did)
+}
+
+pub(crate) fn reverse_takedown(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
+    let did = did_body(r)?;
+    found_account(ctx.pipeline.reverse_take_down(&did), &did)
+}
+
+pub(crate) fn list_hosts(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    while out.len() < 10_000 {
+        let rows = ctx.store.list_hosts(after, 1000).map_err(internal)?;
+        let Some(l) = rows.last() else { break };
+        after = l.id;
+        for row in rows {
+            let live = ctx.hosts.get(row.id);
+            let connected = live.as_ref().is_some_and(|h| h.connected());
+            let status = live.as_ref().map_or(row.status, |h| h.status());
+            let count = live
+                .as_ref()
+                .map_or(row.account_count, |h| h.account_count());
+            let rate = if connected {
+                json!({"Max": 0, "Window": 0})
+            } else {
+                json!(-1)
+            };
+            out.push(json!({
+                "ID": row.id, "CreatedAt": crate::logging::format_datetime_ms(row.created_at), "Host": row.hostname,
+                "SSL": !row.no_tls, "Cursor": live.as_ref().map_or(row.last_seq, |h| h.safe_cursor()),
+                "Registered": status == HostStatus::Active, "Blocked": status == HostStatus::Banned,
+                "CrawlRateLimit": 0, "RepoCount": count, "RepoLimit": live.as_ref().map_or(row.account_limit, |h| h.account_limit()),
+                "HasActiveConnection": connected,
+                "EventsSeenSinceStartup": live.as_ref().map_or(0, |h| h.events_received()),
+                "PerSecondEventRate": rate, "PerHourEventRate": rate, "PerDayEventRate": rate,
+                "UserCount": count, "AccountLimitAlertsSilenced": false, "AccountLimitAlertState": "ok", "AccountLimitAlertSentAt": Value::Null,
+                "Status": status.as_str(), "Trusted": row.trusted,
+            }));
+        }
+    }
+    Ok(json_response(200, &json!(out)))
+}
+
+pub(crate) fn request_crawl(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
+    super::sync::crawl(ctx, r, true)
+}
+
+fn block_or_unblock(ctx: &Ctx, r: &Req, block: bool) -> Result<Resp, Resp> {
+    let host = r.required("host")?;
+    let found = if block {
+        ctx.crawler.block(host)
+    } else {
+        ctx.crawler.unblock(host)
+    };
+    if found.map_err(internal)? {
+        Ok(success())
+    } else {
+        Err(xrpc_error(
+            404,
+            "HostNotFound",
+            &format!("{host} is not known"),
+        ))
+    }
+}
+
+pub(crate) fn block(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
+    block_or_unblock(ctx, r, true)
+}
+
+pub(crate) fn unblock(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
+    block_or_unblock(ctx, r, false)
+}
+
+pub(crate) fn consumers(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
+    let list: Vec<Value> = ctx
+        .hub
+        .consumers()
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id(), "remote_addr": c.remote_addr(), "user_agent": c.user_agent(),
+                "events_consumed": c.events_sent(),
+                "cursor": c.cursor(),
+                "bytes_sent": c.bytes_sent(),
+                "connected_at": crate::logging::format_datetime_ms(c.connected_at_ms()),
+            })
+        })
+        .collect();
+    Ok(json_response(200, &json!(list)))
+}
+
+/// `changeLimits`: a raised limit releases throttled accounts, oldest first, each with an
+/// `#account` event.
+pub(crate) fn change_limits(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
+    let body = r.json()?;
+    let hostname = body
+        .get("host")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("body needs host"))?;
+    let h = ctx
+        .hosts
+        .by_name(&hostname.to_ascii_lowercase())
+        .ok_or_else(|| xrpc_error(404, "HostNotFound", &format!("{hostname} is not known")))?;
+    let Some(limit) = body.get("repo_limit").and_then(Value::as_i64) else {
+        return Ok(success());
+    };
+    if limit < 0 {
+        return Err(invalid("repo_limit must not be negative"));
+    }
+    let old = h.set_account_limit(limit);
+    ctx.store
+        .set_host_account_limit(h.id(), limit)
+        .map_err(internal)?;
+    if limit <= old {
+        return Ok(success());
+    }
+    let room = limit.saturating_sub(old);
+    // Throttled accounts, oldest first: the store's, plus any not yet flushed.
+    let mut candidates: Vec<(i64, String)> = ctx
+        .pipeline
+        .accounts()
+        .find_in_memory(|a| a.host_id == h.id() && a.local == THROTTLED)
+        .into_iter()
+        .map(|a| (a.uid, a.did))
+        .collect();
+    let mut after = 0;
+    loop {
+        let rows = ctx
+            .store
+            .list_accounts_by_status(THROTTLED, Some(h.id()), after, 1000)
+            .map_err(internal)?;
+        let Some(l) = rows.last() else { break };
+        after = l.uid;
+        candidates.extend(rows.into_iter().map(|r| (r.uid, r.did)));
+        if candidates.len() as i64 >= room.saturating_add(1000) {
+            break;
+        }
+    }
+    candidates.sort();
+    candidates.dedup();
+    let mut released = 0;
+    for (_, did) in candidates {
+        if released >= room {
+            break;
+        }
+        if ctx.pipeline.unthrottle(&did) {
+            released += 1;
+        }
+    }
+    log::info!(
+        "admin: {hostname} account limit {old} -> {limit}; released {released} throttled account(s)"
+    );
+    Ok(success())
+}

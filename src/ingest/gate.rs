@@ -1,0 +1,224 @@
+//! The identity gate: events whose DID's identity is not cached wait here, per DID and in
+//! order, until the resolver reports the DID's resolution.
+//!
+//! One owner per DID: each gate worker thread owns the queues of the DIDs that hash to it and
+//! receives two kinds of message, `Wait` (an event to hold) and `Resolved` (a lookup finished).
+//! On `Resolved` it processes that DID's queue in order with the fresh identity. The resolver
+//! only resolves; host threads never wait; nothing here lives in the account slots.
+//!
+//! Order: a host thread must not process a DID's event inline while earlier events of that DID
+//! are still held, even in the gate's channel. So the count of held events per DID is kept
+//! beside the queues (`Held`), raised by the sender *before* it sends and lowered by the worker
+//! only after it has processed the event: a count of zero means nothing of that DID is held
+//! anywhere. The same count bounds each DID's queue.
+
+use super::hosts::HostHandle;
+use super::pipeline::{Pipeline, Processed};
+use crate::identity::Resolved;
+use crate::proto::frame::Event;
+use crate::util::sharded::{Sharded, lock};
+use crossbeam_channel::{Receiver, Sender, select};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+
+/// An event waiting for its DID's identity (or being processed).
+pub(crate) struct Pending {
+    pub(crate) host: Arc<HostHandle>,
+    pub(crate) seq: u64,
+    pub(crate) event: Event,
+    /// 1 once the identity has been refreshed for this event (signature or host mismatch).
+    pub(crate) attempt: u8,
+}
+
+struct Wait {
+    did: String,
+    item: Pending,
+    /// A retry goes back in front of the DID's later events.
+    front: bool,
+}
+
+/// Held events per DID; an entry exists only while its count is above zero.
+#[derive(Default)]
+struct HeldEntry {
+    count: u32,
+    /// The DID's queue overflowed and that was logged (reset when it drains), so a flood is
+    /// logged once.
+    overflowed: bool,
+}
+
+/// What a host thread learns when it offers an event of a DID.
+pub(crate) enum Join {
+    /// Nothing of this DID is held: process it now (or hold it, if its identity is unknown).
+    Clear,
+    /// Earlier events of this DID are held; this one has been counted and must be held too.
+    Behind,
+    /// The DID already has its maximum held; drop the event. `true` the first time in a row.
+    Full(bool),
+}
+
+pub(crate) struct Gate {
+    held: Sharded<Mutex<HashMap<String, HeldEntry>>>,
+    workers: Vec<Sender<Wait>>,
+    max_per_did: u32,
+}
+
+impl Gate {
+    /// The gate, and its workers to start once the pipeline they serve exists.
+    pub(crate) fn new(threads: usize, max_per_did: usize) -> (Gate, GateWorkers) {
+        let (workers, receivers) = (0..threads.max(1))
+            .map(|_| crossbeam_channel::unbounded())
+            .unzip();
+        let gate = Gate {
+            held: Sharded::new(|| Mutex::new(HashMap::new())),
+            workers,
+            max_per_did: max_per_did.min(u32::MAX as usize) as u32,
+        };
+        (gate, GateWorkers { receivers })
+    }
+
+    /// Counts the event in if earlier events of its DID are held (so it must queue behind them).
+    pub(crate) fn join(&self, did: &str) -> Join {
+        let mut held = lock(self.held.of(did));
+        match held.get_mut(did) {
+            None => Join::Clear,
+            Some(e) if e.count >= self.max_per_did => {
+                Join::Full(!std::mem::replace(&mut e.overflowed, true))
+            }
+            Some(e) => {
+                e.count += 1;
+                metrics::histogram!("rlay_did_queue_depth").record(f64::from(e.count));
+                Join::Behind
+            }
+        }
+    }
+
+    /// Holds an event until its DID resolves. `counted`: `join` already counted it.
+    pub(crate) fn hold(&self, did: &str, item: Pending, counted: bool, front: bool) {
+        if !counted {
+            lock(self.held.of(did))
+                .entry(did.to_owned())
+                .or_default()
+                .count += 1;
+        }
+        metrics::counter!("rlay_events_awaiting_identity_total").increment(1);
+        let w = (crate::util::did_hash(did) % self.workers.len() as u64) as usize;
+        let wait = Wait {
+            did: did.to_owned(),
+            item,
+            front,
+        };
+        if let Err(e) = self.workers[w].send(wait) {
+            // The worker is gone (shutdown): the event is lost with the process anyway, but its
+            // host cursor must not wait for it.
+            let wait = e.into_inner();
+            self.release(&wait.did);
+            wait.item.host.end(wait.item.seq);
+        }
+    }
+
+    /// One held event of `did` has been processed.
+    fn release(&self, did: &str) {
+        let mut held = lock(self.held.of(did));
+        if let Some(e) = held.get_mut(did) {
+            e.count = e.count.saturating_sub(1);
+            if e.count == 0 {
+                held.remove(did);
+            }
+        }
+    }
+
+    /// DIDs with events held.
+    pub(crate) fn dids_held(&self) -> usize {
+        self.held.iter().map(|s| lock(s).len()).sum()
+    }
+}
+
+/// The gate's threads, not yet started.
+pub(crate) struct GateWorkers {
+    receivers: Vec<Receiver<Wait>>,
+}
+
+impl GateWorkers {
+    /// Starts one thread per queue partition, processing released events through `pipeline`.
+    pub(crate) fn spawn(self, pipeline: Weak<Pipeline>) -> std::io::Result<()> {
+        for (i, rx) in self.receivers.into_iter().enumerate() {
+            let p = pipeline.clone();
+            std::thread::Builder::new()
+                .name(format!("identity-gate-{i}"))
+                .stack_size(2 << 20)
+                .spawn(move || Worker::new(p).run(rx))?;
+        }
+        Ok(())
+    }
+}
+
+/// One gate thread: the queues of its DIDs.
+struct Worker {
+    pipeline: Weak<Pipeline>,
+    queues: HashMap<String, VecDeque<Pending>>,
+    resolved_tx: Sender<Resolved>,
+    resolved_rx: Receiver<Resolved>,
+}
+
+impl Worker {
+    fn new(pipeline: Weak<Pipeline>) -> Worker {
+        let (resolved_tx, resolved_rx) = crossbeam_channel::unbounded();
+        Worker {
+            pipeline,
+            queues: HashMap::new(),
+            resolved_tx,
+            resolved_rx,
+        }
+    }
+
+    fn run(mut self, waits: Receiver<Wait>) {
+        loop {
+            select! {
+                recv(waits) -> m => {
+                    let Ok(w) = m else { return };
+                    let Some(p) = self.pipeline.upgrade() else { return };
+                    self.hold(&p, w);
+                }
+                recv(self.resolved_rx) -> m => {
+                    let Ok(r) = m else { return };
+                    let Some(p) = self.pipeline.upgrade() else { return };
+                    self.release(&p, r);
+                }
+            }
+        }
+    }
+
+    fn hold(&mut self, p: &Pipeline, w: Wait) {
+        let q = self.queues.entry(w.did.clone()).or_default();
+        let first = q.is_empty();
+        if w.front {
+            q.push_front(w.item);
+        } else {
+            q.push_back(w.item);
+        }
+        // A DID with a queue already has its lookup under way.
+        if first {
+            p.resolver().request(&w.did, Some(&self.resolved_tx));
+        }
+    }
+
+    /// Processes the DID's queue in order with its resolution. A retry (the identity may be
+    /// stale) puts the event back in front and asks for a fresh lookup.
+    fn release(&mut self, p: &Pipeline, r: Resolved) {
+        let Some(mut q) = self.queues.remove(&r.did) else {
+            return;
+        };
+        while let Some(item) = q.pop_front() {
+            match p.process(item, &r.did, &r.res) {
+                Processed::Done => p.gate().release(&r.did),
+                Processed::Retry(item) => {
+                    p.resolver().purge(&r.did);
+                    q.push_front(*item);
+                    self.queues.insert(r.did.clone(), q);
+                    p.resolver().request(&r.did, Some(&self.resolved_tx));
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The integration tests, as one binary so CI links the relay (and RocksDB) once. One module per
+//! area; `common` holds the shared set-up (a relay on temp dirs, PostgreSQL clusters, HTTP and
+//! firehose clients).
+
+mod common;
+#[path = "../../bench/procstat.rs"]
+mod procstat;
+
+mod api;
+mod cli;
+mod docs;
+mod index;
+mod interop;
+mod mst_props;
+mod relay_accounts;
+mod relay_e2e;
+mod relay_restart;
+mod scenarios;
+mod sim;
+mod stream;
+mod verify;

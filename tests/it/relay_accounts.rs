@@ -1,0 +1,246 @@
+//! Account limits, handles, live consumers and the identity queue, end to end.
+
+use crate::common;
+
+use crate::relay_e2e::{Key, account_event, key};
+use common::metrics::Mark;
+use common::relay::{crawled_network, read_until_head, settle, subscribe, wait_until};
+use rlay::proto::frame::Event;
+use rlay::relay::Relay;
+use rlay::sim::{LedgerEntry, Sim, Status};
+
+/// One untrusted host with `accounts` accounts and an account limit of 2; every account has
+/// posted once and the first two commits are through.
+fn host_limited_to_two(accounts: usize) -> (Sim, tempfile::TempDir, Relay, Vec<String>) {
+    let (sim, dir, relay) = crawled_network(
+        1,
+        accounts,
+        None,
+        &[("trusted-domains", ""), ("default-account-limit", "2")],
+    );
+    let dids = sim.world().dids();
+    for d in &dids {
+        sim.world().post(d, "hello").expect("post");
+    }
+    wait_until(10, "two accounts' commits", || relay.head_seq() >= 2);
+    (sim, dir, relay, dids)
+}
+
+#[test]
+fn accounts_over_the_host_limit_are_throttled_until_the_limit_rises() {
+    let (sim, _dir, relay, dids) = host_limited_to_two(4);
+    settle(&relay);
+    let out = read_until_head(&relay, 0);
+    assert_eq!(
+        out.len(),
+        2,
+        "only the first two accounts pass; the others are throttled"
+    );
+    let throttled: Vec<String> = dids
+        .iter()
+        .filter(|d| !out.iter().any(|e| e.did() == Some(d.as_str())))
+        .cloned()
+        .collect();
+    assert_eq!(throttled.len(), 2);
+    let status = common::http::get(
+        &format!("http://{}", relay.api_addr()),
+        &format!("/xrpc/com.atproto.sync.getRepoStatus?did={}", throttled[0]),
+        common::http::Auth::None,
+    );
+    assert_eq!(
+        (
+            status.json["active"].as_bool(),
+            status.json["status"].as_str()
+        ),
+        (Some(false), Some("throttled")),
+        "{}",
+        status.text
+    );
+    // Raise the limit through the admin API: throttled accounts are released with #account.
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let r = agent
+        .post(&format!(
+            "http://{}/admin/pds/changeLimits",
+            relay.api_addr()
+        ))
+        .header(
+            "Authorization",
+            &format!("Bearer {}", common::relay::ADMIN_PW),
+        )
+        .send_json(serde_json::json!({"host": sim.hostnames()[0], "repo_limit": 10}))
+        .expect("changeLimits");
+    assert_eq!(r.status().as_u16(), 200);
+    for d in &throttled {
+        sim.world().post(d, "now visible").expect("post");
+    }
+    wait_until(10, "released accounts", || relay.head_seq() >= 6);
+    settle(&relay);
+    let out = read_until_head(&relay, 2);
+    for d in &throttled {
+        assert_eq!(
+            account_event(&out, d),
+            vec![(true, None)],
+            "#account for the released account"
+        );
+        assert!(
+            out.iter()
+                .any(|e| matches!(e, Event::Commit(c) if &c.repo == d))
+        );
+    }
+    relay.shutdown();
+}
+
+/// Unlike indigo, whose count includes deleted accounts forever, a deletion frees its place.
+#[test]
+fn a_deleted_account_frees_its_place_under_the_host_limit() {
+    let (sim, _dir, relay, dids) = host_limited_to_two(2);
+    let host_count = || {
+        let url = format!(
+            "http://{}/xrpc/com.atproto.sync.getHostStatus?hostname={}",
+            relay.api_addr(),
+            sim.hostnames()[0]
+        );
+        let body: serde_json::Value = ureq::get(&url)
+            .call()
+            .expect("getHostStatus")
+            .body_mut()
+            .read_json()
+            .expect("json");
+        body["accountCount"].as_i64()
+    };
+    settle(&relay);
+    assert_eq!(host_count(), Some(2));
+
+    sim.world()
+        .set_status(&dids[0], Status::Deleted)
+        .expect("delete");
+    wait_until(10, "the deletion", || relay.head_seq() >= 3);
+    let newcomer = sim.world().create_account(0, None).expect("account");
+    sim.world().post(&newcomer, "room for me").expect("post");
+    wait_until(10, "the newcomer's commit", || {
+        read_until_head(&relay, 3)
+            .iter()
+            .any(|e| matches!(e, Event::Commit(c) if c.repo == newcomer))
+    });
+    settle(&relay);
+    assert_eq!(host_count(), Some(2), "one deleted, one new");
+    relay.shutdown();
+}
+
+#[test]
+fn identity_handles_pass_only_when_the_did_document_agrees() {
+    let (sim, _dir, relay) = crawled_network(2, 1, None, &[]);
+    let did = sim.world().dids()[0].clone();
+    sim.world()
+        .set_handle(&did, "renamed.h0.test")
+        .expect("handle");
+    // The other host claims an identity event for this DID with a bogus handle.
+    sim.world().emit(rlay::sim::Planned::Defect(
+        1,
+        Event::Identity(rlay::proto::frame::IdentityEvent {
+            seq: 0,
+            did: did.clone(),
+            time: sim.world().time_now(),
+            handle: Some("bogus.h1.test".into()),
+        }),
+    ));
+    wait_until(10, "identity events", || relay.head_seq() >= 2);
+    settle(&relay);
+    let out = read_until_head(&relay, 0);
+    // The two events came from different hosts, so their relative order is not defined.
+    let mut handles: Vec<Option<String>> = out
+        .iter()
+        .filter_map(|e| match e {
+            Event::Identity(i) => Some(i.handle.clone()),
+            _ => None,
+        })
+        .collect();
+    handles.sort();
+    assert_eq!(
+        handles,
+        vec![None, Some("renamed.h0.test".into())],
+        "a handle from the wrong host is withheld"
+    );
+    relay.shutdown();
+}
+
+#[test]
+fn live_consumer_sees_new_events() {
+    let (sim, _dir, relay) = crawled_network(1, 1, None, &[]);
+    let mut ws = subscribe(relay.api_addr(), None);
+    wait_until(5, "consumer registered", || relay.consumer_count() == 1);
+    sim.world()
+        .post(&sim.world().dids()[0], "live")
+        .expect("post");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "live event arrives");
+        if let Ok(tungstenite::Message::Binary(b)) = ws.read() {
+            assert!(matches!(
+                rlay::proto::frame::decode(&b),
+                Ok(Event::Commit(_))
+            ));
+            break;
+        }
+    }
+    relay.shutdown();
+}
+
+/// While the PLC directory is slow, a new account's events wait in order in a queue of 1,000;
+/// past that they are dropped and counted, and the first 1,000 go out in order once the
+/// identity arrives. The host's other accounts are not held up meanwhile.
+#[test]
+fn events_waiting_for_a_slow_identity_are_bounded_and_keep_their_order() {
+    let (sim, _dir, relay) = crawled_network(1, 1, None, &[]);
+    let known = sim.world().dids()[0].clone();
+    sim.world()
+        .post(&known, "warm the identity cache")
+        .expect("post");
+    wait_until(10, "the known account's commit", || relay.head_seq() >= 1);
+    let pds = format!("pds=\"{}\"", sim.hostnames()[0]);
+    let mark = Mark::now();
+    let overflowed = || {
+        mark.delta(
+            "rlay_events_dropped_total",
+            &[&pds, "reason=\"pending_queue_full\""],
+        )
+    };
+
+    sim.world().plc().hold(true);
+    let start_at = sim.world().ledger().len();
+    let newcomer = sim.world().create_account(0, None).expect("account");
+    for i in 0..1_020 {
+        sim.world()
+            .post(&newcomer, &format!("queued {i}"))
+            .expect("post");
+    }
+    sim.world().post(&known, "not held up").expect("post");
+    let mine: Vec<LedgerEntry> = sim.world().ledger()[start_at..]
+        .iter()
+        .filter(|e| e.did == newcomer)
+        .cloned()
+        .collect();
+    assert!(mine.len() > 1_000);
+    let excess = (mine.len() - 1_000) as f64;
+    wait_until(20, "the overflow counted and the other commit out", || {
+        overflowed() >= excess && relay.head_seq() >= 2
+    });
+    // Nothing of the newcomer's left unverified while its identity was unknown.
+    assert_eq!(relay.head_seq(), 2);
+    sim.world().plc().hold(false);
+    wait_until(30, "the queued events", || relay.head_seq() >= 2 + 1_000);
+    settle(&relay);
+    let out = read_until_head(&relay, 0);
+    let delivered: Vec<Key> = out
+        .iter()
+        .filter_map(LedgerEntry::key_of)
+        .filter(|k| k.0 == newcomer)
+        .collect();
+    let expected: Vec<Key> = mine.iter().take(1_000).map(key).collect();
+    assert!(delivered == expected, "the first 1,000 events, in order");
+    assert_eq!(overflowed(), excess);
+    relay.shutdown();
+}
