@@ -10,58 +10,29 @@ use std::time::Duration;
 /// them: a `--flag`, else its `RELAY_*` variable, else the default. `rlay serve --help` lists
 /// them, and a test checks the README's configuration table against these same definitions.
 #[derive(Debug, Clone, clap::Args)]
+#[rustfmt::skip]
 #[command(next_help_heading = "Relay settings (flag, or the environment variable shown)")]
 pub struct Settings {
     /// Data directory: event log segments, RocksDB collection index, default SQLite database.
-    #[arg(
-        long,
-        env = "RELAY_DATA_DIR",
-        default_value = "./data",
-        value_name = "DIR"
-    )]
+    #[arg(long, env = "RELAY_DATA_DIR", default_value = "./data", value_name = "DIR")]
     data_dir: PathBuf,
     /// State store: `postgres://user:pass@host/db` or `sqlite://PATH`. [default: sqlite://<data dir>/rlay.sqlite]
     #[arg(long, env = "DATABASE_URL", value_name = "URL")]
     database_url: Option<String>,
     /// HTTP API, admin API and the firehose WebSocket, on one port.
-    #[arg(
-        long,
-        env = "RELAY_API_LISTEN",
-        default_value = "0.0.0.0:3000",
-        value_name = "ADDR"
-    )]
+    #[arg(long, env = "RELAY_API_LISTEN", default_value = "0.0.0.0:3000", value_name = "ADDR")]
     api_listen: String,
     /// Prometheus `/metrics`; empty to disable.
-    #[arg(
-        long,
-        env = "RELAY_METRICS_LISTEN",
-        default_value = "0.0.0.0:3001",
-        value_name = "ADDR"
-    )]
+    #[arg(long, env = "RELAY_METRICS_LISTEN", default_value = "0.0.0.0:3001", value_name = "ADDR")]
     metrics_listen: String,
     /// Admin password(s) for `/admin/*`, comma-separated for rotation. [default: (random, logged at start)]
-    #[arg(
-        long,
-        env = "RELAY_ADMIN_PASSWORD",
-        value_name = "PW[,PW]",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "RELAY_ADMIN_PASSWORD", value_name = "PW[,PW]", hide_env_values = true)]
     admin_password: Option<String>,
     /// PLC directory used to resolve did:plc.
-    #[arg(
-        long,
-        env = "RELAY_PLC_HOST",
-        default_value = "https://plc.directory",
-        value_name = "URL"
-    )]
+    #[arg(long, env = "RELAY_PLC_HOST", default_value = "https://plc.directory", value_name = "URL")]
     plc_host: String,
     /// Relay whose `listHosts` seeds the host list at start-up; empty for none.
-    #[arg(
-        long,
-        env = "RELAY_BOOTSTRAP_HOST",
-        default_value = "https://bsky.network",
-        value_name = "URL"
-    )]
+    #[arg(long, env = "RELAY_BOOTSTRAP_HOST", default_value = "https://bsky.network", value_name = "URL")]
     bootstrap_host: String,
     /// Dev mode: allow `ws://`/`http://` and `localhost:PORT` upstreams, skip public-IP checks.
     #[arg(long, env = "RELAY_ALLOW_INSECURE_HOSTS", default_value = "false", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
@@ -73,36 +44,16 @@ pub struct Settings {
     #[arg(long, env = "RELAY_OPTIMISTIC_VALIDATION", default_value = "false", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     optimistic_validation: bool,
     /// Comma-separated hosts (`*.suffix` or exact) given the trusted account limit.
-    #[arg(
-        long,
-        env = "RELAY_TRUSTED_DOMAINS",
-        default_value = "*.host.bsky.network",
-        value_name = "LIST"
-    )]
+    #[arg(long, env = "RELAY_TRUSTED_DOMAINS", default_value = "*.host.bsky.network", value_name = "LIST")]
     trusted_domains: String,
     /// Accounts per untrusted host before new ones are `throttled` (deleted accounts do not count).
-    #[arg(
-        long,
-        env = "RELAY_DEFAULT_ACCOUNT_LIMIT",
-        default_value = "100",
-        value_name = "N"
-    )]
+    #[arg(long, env = "RELAY_DEFAULT_ACCOUNT_LIMIT", default_value = "100", value_name = "N")]
     default_account_limit: i64,
     /// Account limit for trusted hosts.
-    #[arg(
-        long,
-        env = "RELAY_TRUSTED_ACCOUNT_LIMIT",
-        default_value = "10000000",
-        value_name = "N"
-    )]
+    #[arg(long, env = "RELAY_TRUSTED_ACCOUNT_LIMIT", default_value = "10000000", value_name = "N")]
     trusted_account_limit: i64,
     /// New hosts accepted per day through public requestCrawl.
-    #[arg(
-        long,
-        env = "RELAY_NEW_HOSTS_PER_DAY_LIMIT",
-        default_value = "50",
-        value_name = "N"
-    )]
+    #[arg(long, env = "RELAY_NEW_HOSTS_PER_DAY_LIMIT", default_value = "50", value_name = "N")]
     new_hosts_per_day_limit: u32,
     /// Refuse public requestCrawl (admin requestCrawl still works).
     #[arg(long, env = "RELAY_DISABLE_REQUEST_CRAWL", default_value = "false", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
@@ -111,28 +62,13 @@ pub struct Settings {
     #[arg(long, env = "RELAY_REPLAY_WINDOW", default_value = "72h", value_name = "DURATION", value_parser = duration)]
     replay_window: Duration,
     /// Floor for the relay's sequence numbers (jump ahead after a wipe).
-    #[arg(
-        long,
-        env = "RELAY_INITIAL_SEQ_NUMBER",
-        default_value = "1",
-        value_name = "SEQ"
-    )]
+    #[arg(long, env = "RELAY_INITIAL_SEQ_NUMBER", default_value = "1", value_name = "SEQ")]
     initial_seq_number: i64,
     /// Accounts kept in memory (a few hundred bytes each); others are read from the store when they next appear.
-    #[arg(
-        long,
-        env = "RELAY_ACCOUNT_CACHE_SIZE",
-        default_value = "500000",
-        value_name = "N"
-    )]
+    #[arg(long, env = "RELAY_ACCOUNT_CACHE_SIZE", default_value = "500000", value_name = "N")]
     account_cache_size: usize,
     /// Frames kept in memory for fast replay and fan-out.
-    #[arg(
-        long,
-        env = "RELAY_RING_CAPACITY",
-        default_value = "50000",
-        value_name = "N"
-    )]
+    #[arg(long, env = "RELAY_RING_CAPACITY", default_value = "50000", value_name = "N")]
     ring_capacity: usize,
     /// A consumer that makes no progress this long gets `ConsumerTooSlow`.
     #[arg(long, env = "RELAY_CONSUMER_STALL_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = duration)]
@@ -147,20 +83,10 @@ pub struct Settings {
     #[arg(long, env = "RELAY_IDLE_HOST_RETRY", default_value = "15m", value_name = "DURATION", value_parser = duration)]
     idle_host_retry: Duration,
     /// Base per-second event rate per host (plus account limit / 1000); excess is slowed, not dropped.
-    #[arg(
-        long,
-        env = "RELAY_HOST_EVENT_RATE",
-        default_value = "50",
-        value_name = "N"
-    )]
+    #[arg(long, env = "RELAY_HOST_EVENT_RATE", default_value = "50", value_name = "N")]
     host_event_rate: u32,
     /// Upstream for collection-index backfill (`listReposByCollection`).
-    #[arg(
-        long,
-        env = "RELAY_BACKFILL_HOST",
-        default_value = "https://bsky.network",
-        value_name = "URL"
-    )]
+    #[arg(long, env = "RELAY_BACKFILL_HOST", default_value = "https://bsky.network", value_name = "URL")]
     backfill_host: String,
     /// File of NSIDs (one per line) to backfill besides those already seen. [default: (none)]
     #[arg(long, env = "RELAY_BACKFILL_COLLECTIONS_FILE", value_name = "PATH")]

@@ -6,6 +6,7 @@ use super::auth::AdminAuth;
 use super::server::{Req, Resp, json_response, with_header, xrpc_error};
 use super::{admin, sync};
 use crate::index::CollectionIndex;
+use crate::index::routes as index;
 use crate::ingest::crawl::Crawler;
 use crate::ingest::hosts::Hosts;
 use crate::ingest::pipeline::Pipeline;
@@ -80,131 +81,42 @@ use Verb::{Get, Post};
 
 /// Every route. The firehose upgrade is listed for completeness (and for 405s); its handler
 /// only runs for a request that is not an upgrade.
+#[rustfmt::skip]
 pub static ROUTES: &[Route] = &[
     route(Get, "/", Public, sync::banner),
     route(Get, "/_health", Public, sync::health),
     route(Get, "/xrpc/_health", Public, sync::health),
-    route(
-        Get,
-        "/xrpc/com.atproto.sync.subscribeRepos",
-        WebSocket,
-        sync::upgrade_required,
-    ),
-    route(
-        Get,
-        "/xrpc/com.atproto.sync.listRepos",
-        Public,
-        sync::list_repos,
-    ),
-    route(
-        Get,
-        "/xrpc/com.atproto.sync.getRepoStatus",
-        Public,
-        sync::get_repo_status,
-    ),
-    route(
-        Get,
-        "/xrpc/com.atproto.sync.getLatestCommit",
-        Public,
-        sync::get_latest_commit,
-    ),
-    route(
-        Get,
-        "/xrpc/com.atproto.sync.getRepo",
-        Public,
-        sync::get_repo,
-    ),
-    route(
-        Get,
-        "/xrpc/com.atproto.sync.listHosts",
-        Public,
-        sync::list_hosts,
-    ),
-    route(
-        Get,
-        "/xrpc/com.atproto.sync.getHostStatus",
-        Public,
-        sync::get_host_status,
-    ),
-    route(
-        Post,
-        "/xrpc/com.atproto.sync.requestCrawl",
-        Public,
-        sync::request_crawl,
-    ),
-    route(
-        Post,
-        "/xrpc/com.atproto.sync.notifyOfUpdate",
-        Public,
-        sync::request_crawl,
-    ),
-    route(
-        Get,
-        "/xrpc/com.atproto.sync.listReposByCollection",
-        Public,
-        crate::index::routes::list_repos_by_collection,
-    ),
-    route(
-        Get,
-        "/admin/subs/getUpstreamConns",
-        Admin,
-        admin::upstream_conns,
-    ),
-    route(
-        Post,
-        "/admin/subs/killUpstream",
-        Admin,
-        admin::kill_upstream,
-    ),
+    route(Get, "/xrpc/com.atproto.sync.subscribeRepos", WebSocket, sync::upgrade_required),
+    route(Get, "/xrpc/com.atproto.sync.listRepos", Public, sync::list_repos),
+    route(Get, "/xrpc/com.atproto.sync.getRepoStatus", Public, sync::get_repo_status),
+    route(Get, "/xrpc/com.atproto.sync.getLatestCommit", Public, sync::get_latest_commit),
+    route(Get, "/xrpc/com.atproto.sync.getRepo", Public, sync::get_repo),
+    route(Get, "/xrpc/com.atproto.sync.listHosts", Public, sync::list_hosts),
+    route(Get, "/xrpc/com.atproto.sync.getHostStatus", Public, sync::get_host_status),
+    route(Post, "/xrpc/com.atproto.sync.requestCrawl", Public, sync::request_crawl),
+    route(Post, "/xrpc/com.atproto.sync.notifyOfUpdate", Public, sync::request_crawl),
+    route(Get, "/xrpc/com.atproto.sync.listReposByCollection", Public, index::list_repos_by_collection),
+    route(Get, "/admin/subs/getUpstreamConns", Admin, admin::upstream_conns),
+    route(Post, "/admin/subs/killUpstream", Admin, admin::kill_upstream),
     route(Get, "/admin/subs/getEnabled", Admin, admin::get_enabled),
     route(Post, "/admin/subs/setEnabled", Admin, admin::set_enabled),
     route(Get, "/admin/subs/perDayLimit", Admin, admin::per_day_limit),
-    route(
-        Post,
-        "/admin/subs/setPerDayLimit",
-        Admin,
-        admin::set_per_day_limit,
-    ),
-    route(
-        Get,
-        "/admin/subs/listDomainBans",
-        Admin,
-        admin::list_domain_bans,
-    ),
+    route(Post, "/admin/subs/setPerDayLimit", Admin, admin::set_per_day_limit),
+    route(Get, "/admin/subs/listDomainBans", Admin, admin::list_domain_bans),
     route(Post, "/admin/subs/banDomain", Admin, admin::ban_domain),
     route(Post, "/admin/subs/unbanDomain", Admin, admin::unban_domain),
     route(Get, "/admin/repo/takedowns", Admin, admin::takedowns),
     route(Post, "/admin/repo/takeDown", Admin, admin::take_down),
-    route(
-        Post,
-        "/admin/repo/reverseTakedown",
-        Admin,
-        admin::reverse_takedown,
-    ),
+    route(Post, "/admin/repo/reverseTakedown", Admin, admin::reverse_takedown),
     route(Get, "/admin/pds/list", Admin, admin::list_hosts),
     route(Post, "/admin/pds/requestCrawl", Admin, admin::request_crawl),
     route(Post, "/admin/pds/changeLimits", Admin, admin::change_limits),
     route(Post, "/admin/pds/block", Admin, admin::block),
     route(Post, "/admin/pds/unblock", Admin, admin::unblock),
     route(Get, "/admin/consumers/list", Admin, admin::consumers),
-    route(
-        Get,
-        "/admin/collections/list",
-        Admin,
-        crate::index::routes::list_collections,
-    ),
-    route(
-        Get,
-        "/admin/collections/backfill",
-        Admin,
-        crate::index::routes::backfill_status,
-    ),
-    route(
-        Post,
-        "/admin/collections/backfill",
-        Admin,
-        crate::index::routes::backfill_trigger,
-    ),
+    route(Get, "/admin/collections/list", Admin, index::list_collections),
+    route(Get, "/admin/collections/backfill", Admin, index::backfill_status),
+    route(Post, "/admin/collections/backfill", Admin, index::backfill_trigger),
 ];
 
 /// The route template used as a metrics label (bounded cardinality: table paths or "other").

@@ -13,6 +13,9 @@
 //! State changes and the matching emission happen under the account's shard lock, so the store
 //! flusher never sees state whose event has not reached the sequencer.
 
+mod local_status;
+mod recovery;
+
 use super::accounts::{ACTIVE, Account, Accounts, Slot, THROTTLED};
 use super::gate::{Gate, Join, Pending};
 use super::hosts::{HostHandle, Hosts};
@@ -21,10 +24,9 @@ use crate::proto::frame::{AccountEvent, Event, IdentityEvent};
 use crate::proto::syntax::{is_normalized_did, is_valid_did};
 use crate::proto::verify::RepoState;
 use crate::proto::verify::{Chain, Options, verify_commit, verify_sync};
-use crate::stream::eventlog::EventLog;
 use crate::stream::sequencer::{Outgoing, Sequencer};
 use crate::util::Hidden;
-use std::collections::{HashMap, HashSet};
+use recovery::{Recovered, seen_key};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// How many gate threads process events released by identity lookups.
@@ -84,17 +86,6 @@ pub struct Pipeline {
     hidden: Arc<Hidden>,
     cfg: PipelineConfig,
     observer: Option<Arc<dyn Observer>>,
-}
-
-#[derive(Default)]
-struct Recovered {
-    repos: HashMap<String, RepoState>,
-    upstream: HashMap<String, String>,
-    seen: HashSet<String>,
-}
-
-fn seen_key(kind: &str, did: &str, time: &str) -> String {
-    format!("{kind}|{did}|{time}")
 }
 
 /// What became of an event handed to `process`.
@@ -537,120 +528,6 @@ impl Pipeline {
         dropped("concurrent_update")
     }
 
-    /// After a crash: re-applies the effects of logged events beyond `after` (what stored state
-    /// covers) so that the upstream replays of those events are recognised as already seen.
-    /// Returns how many events were re-applied.
-    pub fn recover(&self, log: &EventLog, after: u64) -> std::io::Result<usize> {
-        let mut reader = log.reader(after);
-        let mut n = 0;
-        while let Some(f) = reader.next_frame()? {
-            let Ok(ev) = crate::proto::frame::decode(&f.bytes) else {
-                continue;
-            };
-            n += 1;
-            match &ev {
-                Event::Commit(c) => {
-                    self.recover_repo(&c.repo, &c.blocks, &c.rev);
-                    // The index writer may not have written the last events before the crash;
-                    // adding pairs again is harmless.
-                    if let Some(o) = &self.observer {
-                        o.commit(&c.repo, &c.ops, &[]);
-                    }
-                }
-                Event::Sync(s) => self.recover_repo(&s.did, &s.blocks, &s.rev),
-                Event::Identity(i) => {
-                    self.recovered
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .seen
-                        .insert(seen_key("i", &i.did, &i.time));
-                }
-                Event::Account(a) => {
-                    let mut rec = self
-                        .recovered
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    rec.seen.insert(seen_key("a", &a.did, &a.time));
-                    if a.status.as_deref() == Some("deleted")
-                        && let Some(o) = &self.observer
-                    {
-                        o.account_deleted(&a.did);
-                    }
-                    // Relay-local statuses say nothing about the upstream one.
-                    let upstream = match a.status.as_deref() {
-                        _ if a.active => Some(ACTIVE.to_owned()),
-                        Some(
-                            super::accounts::TAKENDOWN | super::accounts::SUSPENDED | THROTTLED,
-                        ) => None,
-                        Some(s) => Some(s.to_owned()),
-                        None => Some("inactive".to_owned()),
-                    };
-                    drop(rec);
-                    if let Some(u) = upstream {
-                        let known =
-                            self.accounts
-                                .with(&a.did, |slot| match slot.account.as_mut() {
-                                    Some(acct) => {
-                                        if acct.upstream != u {
-                                            acct.upstream = u.clone();
-                                            slot.dirty = true;
-                                        }
-                                        true
-                                    }
-                                    None => false,
-                                });
-                        if matches!(known, Ok(false)) {
-                            self.recovered
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .upstream
-                                .insert(a.did.clone(), u);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(n)
-    }
-
-    fn recover_repo(&self, did: &str, blocks: &[u8], rev: &str) {
-        let Ok(car) = crate::proto::car::Car::parse(blocks) else {
-            return;
-        };
-        let Some(root) = car.roots.first().copied() else {
-            return;
-        };
-        let Some(sc) = car
-            .get(&root)
-            .and_then(|b| crate::proto::commit::SignedCommit::decode(b).ok())
-        else {
-            return;
-        };
-        let state = RepoState {
-            rev: rev.to_owned(),
-            commit: root,
-            data: sc.commit.data,
-        };
-        let known = self.accounts.with(did, |slot| match slot.account.as_mut() {
-            Some(a) => {
-                if a.repo.as_ref().is_none_or(|r| r.rev.as_str() < rev) {
-                    a.repo = Some(state.clone());
-                    slot.dirty = true;
-                }
-                true
-            }
-            None => false,
-        });
-        if matches!(known, Ok(false)) {
-            self.recovered
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .repos
-                .insert(did.to_owned(), state);
-        }
-    }
-
     /// Optimistic mode on a cache miss: forward without verification (zlay's behaviour), unless
     /// the relay itself has the account down.
     fn passthrough(&self, item: Pending, did: &str) {
@@ -669,50 +546,5 @@ impl Pipeline {
             item.host.count_accepted();
         }
         item.host.end(item.seq);
-    }
-
-    /// The relay's own takedown (or suspension): emits `#account` and hides the account's
-    /// events from replay. Returns false for an unknown account.
-    pub fn take_down(&self, did: &str, status: &str) -> bool {
-        let ok = self.set_local_status(did, status, |_| true);
-        if ok {
-            self.hidden.hide(did);
-        }
-        ok
-    }
-
-    /// Reverses a takedown: emits `#account` with the combined status.
-    pub fn reverse_take_down(&self, did: &str) -> bool {
-        let ok = self.set_local_status(did, ACTIVE, |_| true);
-        if ok {
-            self.hidden.unhide(did);
-        }
-        ok
-    }
-
-    /// Lifts a host-limit throttle from an account, emitting its new status.
-    pub fn unthrottle(&self, did: &str) -> bool {
-        self.set_local_status(did, ACTIVE, |current| current == THROTTLED)
-    }
-
-    /// Sets the relay's own status of a known account whose current one passes `from`, and
-    /// emits `#account` with the combined status, under the account's lock.
-    fn set_local_status(&self, did: &str, to: &str, from: impl Fn(&str) -> bool) -> bool {
-        let r = self.accounts.with(did, |slot| {
-            let Some(a) = slot.account.as_mut().filter(|a| from(&a.local)) else {
-                return false;
-            };
-            a.local = to.to_owned();
-            slot.dirty = true;
-            let (active, status) = a.combined();
-            self.sequencer.emit(&Event::Account(AccountEvent {
-                seq: 0,
-                did: did.to_owned(),
-                time: crate::logging::timestamp(),
-                active,
-                status,
-            }))
-        });
-        matches!(r, Ok(true))
     }
 }
