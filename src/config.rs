@@ -97,6 +97,18 @@ pub struct Settings {
     /// Pause between backfill pages, to be gentle with the upstream.
     #[arg(long, env = "RELAY_BACKFILL_PAGE_PAUSE", default_value = "1s", value_name = "DURATION", value_parser = duration)]
     backfill_page_pause: Duration,
+    /// API connections (not firehose consumers) open at once; beyond it new ones get 503.
+    #[arg(long, env = "RELAY_MAX_API_CONNECTIONS", default_value = "1000", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_api_connections: u32,
+    /// API connections from one client address (behind a reverse proxy, raise it: all clients share its address).
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_ADDRESS", default_value = "100", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_address: u32,
+    /// Firehose consumers connected at once; beyond it new ones get 503.
+    #[arg(long, env = "RELAY_MAX_CONSUMERS", default_value = "5000", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_consumers: u32,
+    /// Time for a whole request (head and body) to arrive; slower ones get 408.
+    #[arg(long, env = "RELAY_REQUEST_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = duration)]
+    request_timeout: Duration,
     /// error, warn, info, debug or trace.
     #[arg(long, env = "RELAY_LOG_LEVEL", default_value = "info", value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
     log_level: String,
@@ -205,6 +217,7 @@ pub struct Config {
     pub(crate) backfill_page_size: usize,
     pub(crate) backfill_page_pause: Duration,
     pub(crate) log_level: String,
+    pub(crate) limits: crate::http::limits::Limits,
 }
 
 impl Settings {
@@ -243,6 +256,12 @@ impl Settings {
             backfill_page_size: usize::from(self.backfill_page_size),
             backfill_page_pause: self.backfill_page_pause,
             log_level: self.log_level.clone(),
+            limits: crate::http::limits::Limits {
+                max_connections: self.max_api_connections as usize,
+                max_per_address: self.max_connections_per_address as usize,
+                max_consumers: self.max_consumers as usize,
+                request_timeout: self.request_timeout,
+            },
         }
     }
 }

@@ -222,8 +222,14 @@ impl Relay {
                 cfg.api_listen
             )
         })?;
-        let api_addr = Front::start(listener, hub.clone(), Some(ctx), shutdown.clone())
-            .map_err(|e| format!("cannot start the API threads: {e}"))?;
+        let api_addr = Front::start(
+            listener,
+            hub.clone(),
+            Some(ctx),
+            cfg.limits.clone(),
+            shutdown.clone(),
+        )
+        .map_err(|e| format!("cannot start the API threads: {e}"))?;
 
         let metrics_addr = match prometheus {
             Some(h) if !cfg.metrics_listen.is_empty() => Some(
@@ -233,6 +239,12 @@ impl Relay {
             _ => None,
         };
 
+        crate::ingest::upstream::spawn_watchdog(
+            hosts.clone(),
+            cfg.upstream_stall_timeout,
+            shutdown.clone(),
+        )
+        .map_err(|e| format!("cannot start the upstream watchdog thread: {e}"))?;
         for h in hosts.all() {
             if h.status() != HostStatus::Banned {
                 upstream.spawn(h);

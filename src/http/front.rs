@@ -10,7 +10,8 @@
 //! without blocking frame delivery, and `@atproto/sync` drops connections whose pings go
 //! unanswered.
 
-use super::head::{Head, read_head, switching_protocols, write_json_error};
+use super::head::{Head, read_by, read_head_by, switching_protocols, write_json_error};
+use super::limits::{Counts, Held, Limits, Refused};
 use super::routes::Ctx;
 use super::server::Api;
 use crate::stream::firehose::{Client, Hub, Start};
@@ -19,7 +20,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::head::MAX_HEAD;
 /// Largest request body forwarded (admin and requestCrawl bodies are tiny JSON documents).
@@ -68,6 +69,8 @@ pub struct Front {
     /// tiny_http's loopback address.
     backend: SocketAddr,
     peers: Arc<Peers>,
+    limits: Limits,
+    counts: Arc<Counts>,
     shutdown: Arc<AtomicBool>,
 }
 
@@ -102,6 +105,44 @@ fn relay_response(backend: &mut TcpStream, client: &mut TcpStream) -> io::Result
     client.flush()
 }
 
+/// Longest a route handler may take to answer (the slowest, `getRepo`, waits up to 10 s for an
+/// identity lookup).
+const BACKEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Answers a refused connection with 503 and closes it.
+fn refuse(stream: &mut TcpStream, why: Refused) {
+    metrics::counter!("rlay_api_connections_refused_total", "reason" => why.label()).increment(1);
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    write_json_error(
+        stream,
+        503,
+        "Service Unavailable",
+        "ServiceUnavailable",
+        why.message(),
+    );
+}
+
+/// Answers a request that could not be read: 400 for a malformed one, 408 for one too slow.
+fn request_error(stream: &mut TcpStream, e: &io::Error) {
+    match e.kind() {
+        io::ErrorKind::InvalidData => {
+            metrics::counter!("rlay_api_bad_requests_total", "reason" => "malformed").increment(1);
+            write_json_error(stream, 400, "Bad Request", "InvalidRequest", &e.to_string());
+        }
+        io::ErrorKind::TimedOut => {
+            metrics::counter!("rlay_api_bad_requests_total", "reason" => "timeout").increment(1);
+            write_json_error(
+                stream,
+                408,
+                "Request Timeout",
+                "RequestTimeout",
+                "the request did not arrive within the relay's request timeout",
+            );
+        }
+        _ => {}
+    }
+}
+
 impl Front {
     /// Serves the API port on `listener`: the firehose from `hub` and, with a `ctx`, every
     /// route of the table (without one, a firehose-only server, as stream tests and the
@@ -110,6 +151,7 @@ impl Front {
         listener: TcpListener,
         hub: Arc<Hub>,
         ctx: Option<Ctx>,
+        limits: Limits,
         shutdown: Arc<AtomicBool>,
     ) -> io::Result<SocketAddr> {
         let addr = listener.local_addr()?;
@@ -121,6 +163,8 @@ impl Front {
             hub,
             backend,
             peers,
+            limits,
+            counts: Arc::new(Counts::default()),
             shutdown,
         });
         std::thread::Builder::new()
@@ -132,7 +176,18 @@ impl Front {
 
     /// A firehose-only API port on 127.0.0.1 (any free port) for `hub`.
     pub fn serve_stream(hub: Arc<Hub>, shutdown: Arc<AtomicBool>) -> io::Result<SocketAddr> {
-        Front::start(TcpListener::bind("127.0.0.1:0")?, hub, None, shutdown)
+        // Test and benchmark clients all come from 127.0.0.1.
+        let limits = Limits {
+            max_per_address: usize::MAX,
+            ..Limits::default()
+        };
+        Front::start(
+            TcpListener::bind("127.0.0.1:0")?,
+            hub,
+            None,
+            limits,
+            shutdown,
+        )
     }
 
     /// Accepts until shutdown. The accept blocks (a polling loop would add its poll interval to
@@ -144,12 +199,20 @@ impl Front {
                 return;
             }
             match accepted {
-                Ok((stream, peer)) => {
+                Ok((mut stream, peer)) => {
+                    // Refused before a thread exists for it: the refusal costs one short write.
+                    let held = match self.counts.admit(peer.ip(), &self.limits) {
+                        Ok(h) => h,
+                        Err(why) => {
+                            refuse(&mut stream, why);
+                            continue;
+                        }
+                    };
                     let me = self.clone();
                     let spawned = std::thread::Builder::new()
                         .name("api-conn".into())
                         .stack_size(2 << 20)
-                        .spawn(move || me.handle(stream, peer));
+                        .spawn(move || me.handle(stream, peer, held));
                     if let Err(e) = spawned {
                         log::error!(
                             "api: cannot start a thread for {peer}: {e} (raise the process thread limit)"
@@ -164,34 +227,32 @@ impl Front {
         }
     }
 
-    fn handle(&self, mut stream: TcpStream, peer: SocketAddr) {
+    fn handle(&self, mut stream: TcpStream, peer: SocketAddr, held: Held) {
         let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
         let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+        // The whole head and body must arrive within the request timeout.
+        let deadline = Instant::now() + self.limits.request_timeout;
         let mut buf = Vec::with_capacity(2048);
-        let head = match read_head(&mut stream, &mut buf) {
+        let head = match read_head_by(&mut stream, &mut buf, Some(deadline)) {
             Ok(Some(h)) => h,
             Ok(None) => return,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                write_json_error(
-                    &mut stream,
-                    400,
-                    "Bad Request",
-                    "InvalidRequest",
-                    &e.to_string(),
-                );
-                return;
-            }
-            Err(_) => return,
+            Err(e) => return request_error(&mut stream, &e),
         };
         if head.path() == "/xrpc/com.atproto.sync.subscribeRepos" {
-            self.firehose(stream, peer, &head);
-        } else if let Err(e) = self.forward(&mut stream, peer, &head, &buf) {
+            match held.into_consumer(&self.limits) {
+                Ok(consumer) => self.firehose(stream, peer, &head, consumer),
+                Err(why) => refuse(&mut stream, why),
+            }
+        } else if let Err(e) = self.forward(&mut stream, peer, &head, &buf, deadline) {
+            if matches!(e.kind(), io::ErrorKind::TimedOut) {
+                request_error(&mut stream, &e);
+            }
             log::debug!("api: forwarding a request from {peer} failed: {e}");
         }
     }
 
-    fn firehose(&self, mut stream: TcpStream, peer: SocketAddr, head: &Head) {
+    /// Runs a consumer; `_held` keeps its place until it ends.
+    fn firehose(&self, mut stream: TcpStream, peer: SocketAddr, head: &Head, _held: Held) {
         if head.method != "GET" {
             write_json_error(
                 &mut stream,
@@ -262,23 +323,19 @@ impl Front {
         peer: SocketAddr,
         head: &Head,
         buf: &[u8],
+        deadline: Instant,
     ) -> io::Result<()> {
-        let body_len = match head.header("content-length") {
-            Some(v) => v
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad content-length"))?,
-            None if head.header("transfer-encoding").is_some() => {
-                write_json_error(
-                    client,
-                    411,
-                    "Length Required",
-                    "InvalidRequest",
-                    "send a Content-Length",
-                );
+        let body_len = match head.body_length() {
+            Ok(n) => n,
+            Err((status, why)) => {
+                let reason = if status == 411 {
+                    "Length Required"
+                } else {
+                    "Bad Request"
+                };
+                write_json_error(client, status, reason, "InvalidRequest", why);
                 return Ok(());
             }
-            None => 0,
         };
         if body_len > MAX_BODY {
             write_json_error(
@@ -298,7 +355,7 @@ impl Front {
         let mut chunk = [0u8; 8192];
         while body.len() < body_len {
             let want = (body_len - body.len()).min(chunk.len());
-            let n = client.read(&mut chunk[..want])?;
+            let n = read_by(client, &mut chunk[..want], Some(deadline))?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -307,7 +364,11 @@ impl Front {
             }
             body.extend_from_slice(&chunk[..n]);
         }
-        let mut backend = TcpStream::connect(self.backend)?;
+        // The loopback hop has deadlines too: a handler that never answers ties up only this
+        // connection, and only for a while.
+        let mut backend = TcpStream::connect_timeout(&self.backend, Duration::from_secs(5))?;
+        backend.set_read_timeout(Some(BACKEND_TIMEOUT))?;
+        backend.set_write_timeout(Some(BACKEND_TIMEOUT))?;
         let local_port = backend.local_addr()?.port();
         self.peers.insert(local_port, peer);
         let result = (|| {

@@ -5,6 +5,7 @@
 use crate::util::percent_decode;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::time::Instant;
 
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = 16 << 10;
@@ -30,23 +31,98 @@ impl Head {
         self.target.split('?').next().unwrap_or("")
     }
 
+    /// A query parameter; an empty value counts as absent (`?cursor=` is what
+    /// `@atproto/xrpc-server` clients send before they have a cursor, and indigo reads it so).
     pub fn query(&self, key: &str) -> Option<String> {
         let q = self.target.split_once('?')?.1;
         q.split('&').find_map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k == key).then(|| percent_decode(v))
+            (k == key && !v.is_empty()).then(|| percent_decode(v))
         })
     }
+
+    /// The body's length from the framing headers. Anything ambiguous is refused (a front and a
+    /// backend that read the framing differently is how requests get smuggled or workers hang):
+    /// repeated or malformed `Content-Length`, and any `Transfer-Encoding` (bodies here are
+    /// small JSON documents; chunked ones are not accepted).
+    pub fn body_length(&self) -> Result<usize, (u16, &'static str)> {
+        let mut lengths = self
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map(|(_, v)| v.trim());
+        let length = lengths.next();
+        if lengths.next().is_some() {
+            return Err((400, "more than one Content-Length header"));
+        }
+        if self.header("transfer-encoding").is_some() {
+            return Err(match length {
+                Some(_) => (
+                    400,
+                    "both Content-Length and Transfer-Encoding: ambiguous framing",
+                ),
+                None => (
+                    411,
+                    "send a Content-Length (chunked bodies are not accepted)",
+                ),
+            });
+        }
+        match length {
+            None => Ok(0),
+            Some(v) if !v.is_empty() && v.len() <= 12 && v.bytes().all(|b| b.is_ascii_digit()) => v
+                .parse()
+                .map_err(|_| (400, "Content-Length is not a number")),
+            Some(_) => Err((
+                400,
+                "Content-Length must be one non-negative decimal integer",
+            )),
+        }
+    }
+}
+
+fn invalid(why: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.into())
+}
+
+/// Checks what the rest of the relay relies on: an ASCII request target and UTF-8 header
+/// values. The error says which part is wrong.
+fn check(req: &httparse::Request<'_, '_>) -> io::Result<()> {
+    if !req.path.unwrap_or("").bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "the request target must be printable ASCII (percent-encode other bytes)",
+        ));
+    }
+    for h in req.headers.iter() {
+        if std::str::from_utf8(h.value).is_err() {
+            return Err(invalid(format!(
+                "the value of header {} is not valid UTF-8",
+                h.name.escape_debug()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Reads until a complete head is buffered. `Ok(None)`: the client closed before sending one.
 pub fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Head>> {
+    read_head_by(stream, buf, None)
+}
+
+/// Like `read_head`, but the whole head must arrive before `deadline` (a read timeout alone
+/// resets with every byte, so a client sending one byte a minute would hold its thread for
+/// days). Past the deadline: `ErrorKind::TimedOut`.
+pub fn read_head_by(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Option<Instant>,
+) -> io::Result<Option<Head>> {
     let mut chunk = [0u8; 4096];
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(buf) {
             Ok(httparse::Status::Complete(len)) => {
+                check(&req)?;
                 return Ok(Some(Head {
                     method: req.method.unwrap_or("").to_owned(),
                     target: req.path.unwrap_or("").to_owned(),
@@ -72,11 +148,36 @@ pub fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option
                 "request head too large",
             ));
         }
-        let n = stream.read(&mut chunk)?;
+        let n = read_by(stream, &mut chunk, deadline)?;
         if n == 0 {
             return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One read that gives up at `deadline` (`ErrorKind::TimedOut`).
+pub fn read_by(
+    stream: &mut TcpStream,
+    buf: &mut [u8],
+    deadline: Option<Instant>,
+) -> io::Result<usize> {
+    if let Some(d) = deadline {
+        let left = d.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the request did not arrive in time",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+    }
+    match stream.read(buf) {
+        Err(e) if crate::util::net::timed_out(&e) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the request did not arrive in time",
+        )),
+        r => r,
     }
 }
 

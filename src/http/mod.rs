@@ -5,6 +5,7 @@ mod admin;
 pub mod auth;
 pub mod front;
 pub mod head;
+pub mod limits;
 pub mod routes;
 pub mod server;
 mod sync;

@@ -138,9 +138,11 @@ impl Req {
     }
 }
 
+/// Query pairs; a pair with an empty value counts as absent (`?cursor=` from a client that has
+/// no cursor yet means "no cursor", as indigo reads it).
 fn parse_query(q: &str) -> Vec<(String, String)> {
     q.split('&')
-        .filter(|kv| !kv.is_empty())
+        .filter(|kv| kv.split_once('=').is_some_and(|(_, v)| !v.is_empty()))
         .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             (percent_decode(k), percent_decode(v))
@@ -180,7 +182,21 @@ impl Api {
                 .map(|h| h.value.as_str().to_owned()),
             remote: self.peers.lookup(req.remote_addr().copied()),
         };
-        let (label, resp) = routes::dispatch(self.ctx.as_deref(), &r);
+        let (label, resp) = crate::util::isolate::isolate(
+            "api-worker",
+            || format!("answering {} {:?}", r.method, r.path),
+            || routes::dispatch(self.ctx.as_deref(), &r),
+        )
+        .unwrap_or_else(|| {
+            (
+                routes::label(&r.path),
+                xrpc_error(
+                    500,
+                    "InternalServerError",
+                    "the request failed; this is a bug",
+                ),
+            )
+        });
         let status = resp.status_code().0;
         if status >= 500 {
             log::warn!(

@@ -222,7 +222,12 @@ impl Resolver {
 
     fn run_one(&self, did: &str) {
         let t = Instant::now();
-        let res = self.fetch.fetch(did);
+        let res = crate::util::isolate::isolate(
+            "resolver",
+            || format!("resolving {did}"),
+            || self.fetch.fetch(did),
+        )
+        .unwrap_or_else(|| Resolution::Failed("the lookup panicked".into()));
         metrics::histogram!("atproto_identity_resolve_did_duration_seconds")
             .record(t.elapsed().as_secs_f64());
         metrics::counter!("atproto_identity_resolve_did", "status" => res.label()).increment(1);

@@ -114,7 +114,10 @@ impl Observer for IndexWriter {
     }
 }
 
-fn flush(db: &CollectionDb, changes: &mut Vec<Change>) {
+/// Writes the batch. Pairs count as indexed (in `recent`) only once RocksDB has them: on a
+/// failed write they are forgotten, so the account's next commit in that collection adds
+/// them again.
+fn flush(db: &CollectionDb, changes: &mut Vec<Change>, recent: &mut HashSet<u64>) {
     if changes.is_empty() {
         return;
     }
@@ -124,6 +127,11 @@ fn flush(db: &CollectionDb, changes: &mut Vec<Change>) {
             metrics::counter!("rlay_index_batches_total").increment(1);
         }
         Err(e) => {
+            for ch in changes.iter() {
+                if let Change::Add(c, did) = ch {
+                    recent.remove(&pair_hash(c, did));
+                }
+            }
             metrics::counter!("rlay_index_errors_total", "kind" => "write").increment(1);
             log::error!(
                 "{e}: {} change(s) not indexed (check disk space and the data dir); later commits or an admin backfill re-add pairs",
@@ -163,7 +171,7 @@ fn run(db: &CollectionDb, rx: &Receiver<Msg>) {
                 }
                 Msg::Remove(did) => {
                     // Earlier changes land first, so the removal wins over them.
-                    flush(db, &mut changes);
+                    flush(db, &mut changes, &mut recent);
                     match db.remove_did(&did) {
                         Ok(gone) => {
                             for c in &gone {
@@ -180,7 +188,7 @@ fn run(db: &CollectionDb, rx: &Receiver<Msg>) {
                     }
                 }
                 Msg::Barrier(reply) => {
-                    flush(db, &mut changes);
+                    flush(db, &mut changes, &mut recent);
                     let _ = reply.send(());
                 }
                 Msg::Stop => stop = true,
@@ -189,7 +197,7 @@ fn run(db: &CollectionDb, rx: &Receiver<Msg>) {
                 next = rx.try_recv().ok();
             }
         }
-        flush(db, &mut changes);
+        flush(db, &mut changes, &mut recent);
         if stop {
             return;
         }

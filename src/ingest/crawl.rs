@@ -348,7 +348,7 @@ impl Crawler {
         if block {
             return self.block(hostname);
         }
-        h.kill();
+        h.drop_connection();
         Ok(true)
     }
 

@@ -209,7 +209,23 @@ impl Worker {
             return;
         };
         while let Some(item) = q.pop_front() {
-            match p.process(item, &r.did, &r.res) {
+            let (host, seq) = (item.host.clone(), item.seq);
+            let done = crate::util::isolate::isolate(
+                "identity-gate",
+                || {
+                    format!(
+                        "processing seq {seq} from {} for {}",
+                        host.hostname(),
+                        r.did
+                    )
+                },
+                || p.process(item, &r.did, &r.res),
+            );
+            match done.unwrap_or_else(|| {
+                // The event is lost with the panic; its host's cursor must not wait for it.
+                host.end(seq);
+                Processed::Done
+            }) {
                 Processed::Done => p.gate().release(&r.did),
                 Processed::Retry(item) => {
                     p.resolver().purge(&r.did);

@@ -2,6 +2,7 @@
 
 use crate::store::{HostRow, HostStatus};
 use std::collections::{BTreeMap, HashMap};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
@@ -37,6 +38,11 @@ pub struct HostHandle {
     accepted: std::sync::OnceLock<metrics::Counter>,
     /// (cursor, account count) last written to the store.
     persisted: Mutex<(i64, i64)>,
+    /// A handle on the open connection's socket, so it can be closed from outside a blocked
+    /// read (kill, block, and the stall watchdog).
+    socket: Mutex<Option<TcpStream>>,
+    /// When the connection last delivered a complete message (unix ms).
+    last_message_ms: AtomicI64,
 }
 
 impl HostHandle {
@@ -68,6 +74,8 @@ impl HostHandle {
             events_received: AtomicU64::new(0),
             accepted: std::sync::OnceLock::new(),
             persisted: Mutex::new((r.last_seq, r.account_count)),
+            socket: Mutex::new(None),
+            last_message_ms: AtomicI64::new(0),
         }
     }
 
@@ -135,9 +143,45 @@ impl HostHandle {
         self.running.store(false, Ordering::SeqCst);
     }
 
-    /// Asks the connection thread to drop its connection and stop.
+    /// Asks the connection thread to drop its connection and stop; closes the socket at once,
+    /// so a read that is blocked (or fed one byte at a time) ends now.
     pub fn kill(&self) {
         self.kill.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+
+    /// Drops the open connection; its thread reconnects as after any disconnect.
+    pub fn drop_connection(&self) {
+        self.cut();
+    }
+
+    /// Closes the open connection's socket from outside its thread.
+    pub(crate) fn cut(&self) {
+        if let Some(s) = self
+            .socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// The connection thread's socket, for `cut`; `None` when the connection ends.
+    pub(crate) fn attach_socket(&self, s: Option<TcpStream>) {
+        *self.socket.lock().unwrap_or_else(PoisonError::into_inner) = s;
+        self.touch();
+    }
+
+    /// A complete message arrived.
+    pub(crate) fn touch(&self) {
+        self.last_message_ms
+            .store(crate::util::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the connection last delivered a complete message.
+    pub(crate) fn silent_ms(&self) -> i64 {
+        crate::util::now_ms() - self.last_message_ms.load(Ordering::Relaxed)
     }
 
     pub(crate) fn killed(&self) -> bool {
@@ -206,6 +250,16 @@ impl HostHandle {
             Some(&lowest) => (lowest as i64 - 1).min(c.last),
             None => c.last,
         }
+    }
+
+    /// Resumes from before every event still in flight (after a session died mid-event, those
+    /// events may never finish, and would pin the cursor).
+    pub(crate) fn rewind_cursor(&self) {
+        let mut c = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(&lowest) = c.inflight.keys().next() {
+            c.last = c.last.min(lowest as i64 - 1);
+        }
+        c.inflight.clear();
     }
 
     /// Forgets the cursor (after the upstream said our cursor is in its future).

@@ -120,6 +120,7 @@ pub struct Session {
     pub(crate) host: Arc<HostHandle>,
     last_seq: Option<u64>,
     warned: bool,
+    info_logged: bool,
     /// indigo's per-host counter, looked up once per connection rather than per frame.
     received: metrics::Counter,
 }
@@ -132,6 +133,7 @@ impl Session {
             host,
             last_seq: None,
             warned: false,
+            info_logged: false,
             received,
         }
     }
@@ -170,21 +172,36 @@ impl Session {
         };
         let seq = match &event {
             Event::Error(e) if e.error == "FutureCursor" => return FrameResult::FutureCursor,
+            // Text from the network is logged escaped (no forged lines, no terminal escapes)
+            // and at most once per connection.
             Event::Error(e) => {
                 self.warn_once(format_args!(
-                    "sent error {}: {}",
-                    e.error,
-                    e.message.as_deref().unwrap_or("")
+                    "sent error {:?}: {:?}",
+                    e.error.chars().take(100).collect::<String>(),
+                    e.message
+                        .as_deref()
+                        .unwrap_or("")
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
                 ));
-                return FrameResult::Reconnect(format!("upstream error {}", e.error));
+                return FrameResult::Reconnect(format!("upstream error {:?}", e.error));
             }
             Event::Info(i) => {
-                log::info!(
-                    "upstream {}: #info {} {}",
-                    self.host.hostname(),
-                    i.name,
-                    i.message.as_deref().unwrap_or("")
-                );
+                metrics::counter!("rlay_upstream_info_total").increment(1);
+                if !std::mem::replace(&mut self.info_logged, true) {
+                    log::info!(
+                        "upstream {}: #info {:?} {:?} (later #info on this connection are not logged)",
+                        self.host.hostname(),
+                        i.name.chars().take(100).collect::<String>(),
+                        i.message
+                            .as_deref()
+                            .unwrap_or("")
+                            .chars()
+                            .take(300)
+                            .collect::<String>()
+                    );
+                }
                 return FrameResult::Continue;
             }
             Event::Unknown { t, .. } => {
@@ -289,6 +306,51 @@ pub fn connect(
     Ok(ws)
 }
 
+/// Control frames (pings, pongs) a host may send per second before the connection is dropped:
+/// they skip the event rate limiter, and each ping costs a pong.
+const MAX_CONTROL_PER_SEC: u32 = 20;
+
+/// The TCP socket under a client WebSocket, plain or TLS.
+fn tcp_of(ws: &WebSocket<MaybeTlsStream<TcpStream>>) -> Option<&TcpStream> {
+    match ws.get_ref() {
+        MaybeTlsStream::Plain(s) => Some(s),
+        MaybeTlsStream::Rustls(s) => Some(s.get_ref()),
+        _ => None,
+    }
+}
+
+/// Cuts connections that deliver no complete message for the stall timeout, from outside
+/// their threads: a host trickling one byte at a time keeps each read alive, so a per-read
+/// timeout alone never fires.
+pub fn spawn_watchdog(
+    hosts: Arc<super::hosts::Hosts>,
+    stall: Duration,
+    shutdown: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let limit = stall.as_millis() as i64 + 1000;
+    std::thread::Builder::new()
+        .name("upstream-watchdog".into())
+        .stack_size(256 << 10)
+        .spawn(move || {
+            while !shutdown.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                for h in hosts.all() {
+                    if h.connected() && h.silent_ms() > limit {
+                        metrics::counter!("rlay_upstream_stalls_cut_total").increment(1);
+                        log::warn!(
+                            "upstream {}: no complete message for {} ms; closing the connection",
+                            h.hostname(),
+                            h.silent_ms()
+                        );
+                        h.cut();
+                        h.touch();
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
 fn set_read_timeout(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, d: Duration) {
     let s = match ws.get_mut() {
         MaybeTlsStream::Plain(s) => s,
@@ -334,7 +396,19 @@ impl Upstream {
             .name(format!("host {}", host.hostname()))
             .stack_size(2 << 20)
             .spawn(move || {
-                me.run(&h);
+                // A panic costs the session, not the host: count it, resume from before the
+                // events in flight (replays of those are recognised as stale), and reconnect.
+                while crate::util::isolate::isolate(
+                    "host",
+                    || format!("reading from {}", h.hostname()),
+                    || me.run(&h),
+                )
+                .is_none()
+                    && !me.stopping(&h)
+                {
+                    h.rewind_cursor();
+                    me.sleep(&h, Duration::from_secs(5));
+                }
                 h.release_thread();
             });
         if let Err(e) = spawned {
@@ -442,7 +516,20 @@ impl Upstream {
         }
     }
 
-    fn session(&self, host: &Arc<HostHandle>, mut ws: WebSocket<MaybeTlsStream<TcpStream>>) -> End {
+    /// One connection: its socket is registered with the host (so kill and the watchdog can
+    /// close it) while frames are read.
+    fn session(&self, host: &Arc<HostHandle>, ws: WebSocket<MaybeTlsStream<TcpStream>>) -> End {
+        host.attach_socket(tcp_of(&ws).and_then(|s| s.try_clone().ok()));
+        let end = self.read_frames(host, ws);
+        host.attach_socket(None);
+        end
+    }
+
+    fn read_frames(
+        &self,
+        host: &Arc<HostHandle>,
+        mut ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    ) -> End {
         let poll = self
             .cfg
             .ping_after
@@ -453,9 +540,11 @@ impl Upstream {
         let mut limiter = Limiter::new(host, self.cfg.base_rate);
         let mut last_data = Instant::now();
         let mut pinged = false;
-        // Any frame from the host (even a pong) shows the connection worked; only a session
-        // that never heard from the host counts as a failure for backoff.
+        // Only events show the connection worked: a host that answers pings and sends nothing
+        // else (or garbage) backs off like one that does not answer at all.
         let mut events = 0u64;
+        let (mut control, mut control_since) = (0u32, Instant::now());
+
         let end = |events: u64, why: String| {
             if events > 0 {
                 End::Progress(why)
@@ -472,6 +561,7 @@ impl Upstream {
             match ws.read() {
                 Ok(Message::Binary(b)) => {
                     last_data = Instant::now();
+                    host.touch();
                     pinged = false;
                     limiter.acquire(&|| self.stopping(host));
                     match session.handle(&self.pipeline, &b) {
@@ -487,9 +577,22 @@ impl Upstream {
                 }
                 Ok(Message::Close(_)) => return end(events, "closed by the host".into()),
                 Ok(_) => {
+                    // A ping or pong: the connection is alive, but it is not progress.
                     last_data = Instant::now();
+                    host.touch();
                     pinged = false;
-                    events += 1;
+                    if control_since.elapsed() >= Duration::from_secs(1) {
+                        (control, control_since) = (0, Instant::now());
+                    }
+                    control += 1;
+                    if control > MAX_CONTROL_PER_SEC {
+                        metrics::counter!("rlay_bad_frames_total", "reason" => "control_flood")
+                            .increment(1);
+                        return end(
+                            events,
+                            format!("more than {MAX_CONTROL_PER_SEC} pings or pongs in a second"),
+                        );
+                    }
                 }
                 Err(e) if crate::util::net::ws_timed_out(&e) => {
                     let quiet = last_data.elapsed();

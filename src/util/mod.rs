@@ -2,6 +2,7 @@
 //! imports another module of the crate.
 
 pub mod hidden;
+pub mod isolate;
 pub mod net;
 pub mod sharded;
 

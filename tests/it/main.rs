@@ -9,6 +9,7 @@ mod procstat;
 mod api;
 mod cli;
 mod docs;
+mod edges;
 mod index;
 mod interop;
 mod mst_props;

@@ -3,6 +3,7 @@
 use super::{assert_error, base, crawl, network};
 use crate::common;
 use common::http::{Auth, admin_get, admin_post, get, post};
+use common::metrics::Mark;
 use common::relay::{ADMIN_PW, subscribe, wait_until};
 use serde_json::json;
 
@@ -225,10 +226,15 @@ fn admin_host_controls() {
 
     // killUpstream drops the connection; the host reconnects on its own.
     let host = &names[0];
+    let sim_host = &sim.world().hosts()[0];
+    assert_eq!(sim_host.subscribers(), 1);
+    let reconnects = Mark::now();
     let a = admin_post(&b, &format!("/admin/subs/killUpstream?host={host}"), None);
     assert_eq!(a.status, 200, "{}", a.text);
-    wait_until(15, "host reconnected after kill", || {
-        relay.host(host).is_some_and(|h| h.connected())
+    wait_until(15, "host dropped and reconnected after kill", || {
+        reconnects.delta("rlay_upstream_reconnects_total", &[""]) >= 1.0
+            && relay.host(host).is_some_and(|h| h.connected())
+            && sim_host.subscribers() == 1
     });
     assert_error(
         &admin_post(&b, "/admin/subs/killUpstream?host=nowhere.example", None),

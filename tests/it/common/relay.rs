@@ -29,6 +29,8 @@ pub fn config(
         ("upstream-stall-timeout".into(), "3s".into()),
         ("idle-host-retry".into(), "2s".into()),
         ("resolver-threads".into(), "2".into()),
+        // Every test client is 127.0.0.1.
+        ("max-connections-per-address".into(), "100000".into()),
     ];
     if let Some(u) = database_url {
         flags.push(("database-url".into(), u.into()));

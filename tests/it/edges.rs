@@ -1,0 +1,350 @@
+//! The relay's edges under attack, on loopback: ambiguous and malformed HTTP, connection floods
+//! and slow clients, empty query values, and hostile upstreams (trickling frames, ping floods).
+
+use crate::common;
+
+use common::http::{Auth, admin_post, get};
+use common::metrics::Mark;
+use common::relay::{config, start, wait_until};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn relay_with(extra: &[(&str, &str)]) -> (tempfile::TempDir, rlay::relay::Relay) {
+    let dir = tempfile::tempdir().expect("dir");
+    let relay = start(&config(dir.path(), "http://127.0.0.1:9", None, extra));
+    (dir, relay)
+}
+
+/// Sends raw bytes and returns the whole answer (the relay closes after one).
+fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Health answers, and quickly.
+fn healthy(relay: &rlay::relay::Relay) -> Duration {
+    let t = Instant::now();
+    let a = get(
+        &format!("http://{}", relay.api_addr()),
+        "/xrpc/_health",
+        Auth::None,
+    );
+    assert_eq!(a.status, 200, "health: {}", a.text);
+    t.elapsed()
+}
+
+#[test]
+fn ambiguous_or_malformed_requests_get_an_answer_that_says_why() {
+    let (_dir, relay) = relay_with(&[]);
+    let addr = relay.api_addr();
+    // Both framings at once: this used to leave a worker waiting for chunks forever; ten of
+    // them stopped the whole API.
+    for _ in 0..12 {
+        let a = raw(
+            addr,
+            b"POST /xrpc/com.atproto.sync.requestCrawl HTTP/1.1\r\nHost: r\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(status_of(&a), 400, "{a}");
+        assert!(a.contains("ambiguous framing"), "{a}");
+    }
+    assert!(healthy(&relay) < Duration::from_secs(1));
+    let cases: [(&[u8], u16, &str); 6] = [
+        (
+            b"POST /xrpc/com.atproto.sync.requestCrawl HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\n{}",
+            400,
+            "Content-Length",
+        ),
+        (
+            b"POST /xrpc/com.atproto.sync.requestCrawl HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            400,
+            "Content-Length",
+        ),
+        (
+            b"POST /xrpc/com.atproto.sync.requestCrawl HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+            400,
+            "more than one Content-Length",
+        ),
+        (
+            b"POST /xrpc/com.atproto.sync.requestCrawl HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            411,
+            "Content-Length",
+        ),
+        (
+            b"GET /xrpc/_health\xc3\xa9 HTTP/1.1\r\n\r\n",
+            400,
+            "ASCII",
+        ),
+        (
+            b"GET /xrpc/_health HTTP/1.1\r\nX-Thing: \xff\xfe\r\n\r\n",
+            400,
+            "UTF-8",
+        ),
+    ];
+    for (req, status, says) in cases {
+        let a = raw(addr, req);
+        assert_eq!(
+            status_of(&a),
+            status,
+            "{:?} → {a}",
+            String::from_utf8_lossy(req)
+        );
+        assert!(a.contains(says), "{:?} → {a}", String::from_utf8_lossy(req));
+    }
+    assert!(healthy(&relay) < Duration::from_secs(1));
+    relay.shutdown();
+}
+
+#[test]
+fn connection_caps_answer_503_and_slow_requests_are_cut() {
+    let (_dir, relay) = relay_with(&[
+        ("max-connections-per-address", "8"),
+        ("request-timeout", "2s"),
+    ]);
+    let addr = relay.api_addr();
+    let mark = Mark::now();
+    // Eight clients that send a byte now and then never finish their heads.
+    let mut slow: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.write_all(b"GET /xrpc/_he").expect("write");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The ninth from the same address is refused at once, with a reason.
+    let a = raw(addr, b"GET /xrpc/_health HTTP/1.1\r\n\r\n");
+    assert_eq!(status_of(&a), 503, "{a}");
+    assert!(
+        a.contains("too many open connections from your address"),
+        "{a}"
+    );
+    assert!(
+        mark.delta(
+            "rlay_api_connections_refused_total",
+            &["reason=\"per_address\""]
+        ) >= 1.0
+    );
+    // However they trickle, the slow ones are answered 408 and closed at the request timeout.
+    let started = Instant::now();
+    for s in &mut slow {
+        let _ = s.write_all(b"a");
+    }
+    let mut answers = Vec::new();
+    for s in &mut slow {
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        answers.push(String::from_utf8_lossy(&out).into_owned());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "slow requests cut by the 2s timeout, not held"
+    );
+    for a in &answers {
+        assert_eq!(status_of(a), 408, "{a}");
+    }
+    // Their places are free again.
+    assert!(healthy(&relay) < Duration::from_secs(1));
+    relay.shutdown();
+}
+
+#[test]
+fn empty_query_values_count_as_absent() {
+    let (_dir, relay) = relay_with(&[]);
+    let b = format!("http://{}", relay.api_addr());
+    let a = get(
+        &b,
+        "/xrpc/com.atproto.sync.listRepos?cursor=&limit=",
+        Auth::None,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let a = get(&b, "/xrpc/com.atproto.sync.listHosts?cursor=", Auth::None);
+    assert_eq!(a.status, 200, "{}", a.text);
+    // What @atproto/sync's Firehose sends before it has a cursor: a live subscription.
+    let (mut ws, resp) = tungstenite::connect(format!(
+        "ws://{}/xrpc/com.atproto.sync.subscribeRepos?cursor=",
+        relay.api_addr()
+    ))
+    .expect("subscribe with an empty cursor");
+    assert_eq!(resp.status().as_u16(), 101);
+    wait_until(5, "consumer registered", || relay.consumer_count() == 1);
+    let _ = ws.close(None);
+    relay.shutdown();
+}
+
+/// A PDS that answers describeServer and then misbehaves on its firehose.
+struct HostilePds {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    /// Connections that ended because the relay closed them.
+    closed: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+#[derive(Clone, Copy)]
+enum Misbehaviour {
+    /// Announces a 200-byte frame, then sends it one byte every 300 ms.
+    Trickle,
+    /// Pings without end.
+    PingFlood,
+}
+
+impl HostilePds {
+    fn start(kind: Misbehaviour) -> HostilePds {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let (connections, closed, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (c, d, st) = (connections.clone(), closed.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut s) = conn else { continue };
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let (c, d) = (c.clone(), d.clone());
+                std::thread::spawn(move || serve(&mut s, kind, &c, &d));
+            }
+        });
+        HostilePds {
+            port,
+            connections,
+            closed,
+            stop,
+        }
+    }
+
+    fn hostname(&self) -> String {
+        format!("localhost:{}", self.port)
+    }
+}
+
+impl Drop for HostilePds {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve(s: &mut TcpStream, kind: Misbehaviour, conns: &AtomicUsize, closed: &AtomicUsize) {
+    let mut buf = Vec::new();
+    let Ok(Some(head)) = rlay::http::head::read_head(s, &mut buf) else {
+        return;
+    };
+    if head.path() != "/xrpc/com.atproto.sync.subscribeRepos" {
+        let body = r#"{"did":"did:web:hostile.test","availableUserDomains":[]}"#;
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        return;
+    }
+    let key = head.header("sec-websocket-key").unwrap_or("").to_owned();
+    if s.write_all(rlay::http::head::switching_protocols(&key, "hostile").as_bytes())
+        .is_err()
+    {
+        return;
+    }
+    conns.fetch_add(1, Ordering::SeqCst);
+    let ended = match kind {
+        Misbehaviour::Trickle => s.write_all(&[0x82, 126, 0x00, 200]).and_then(|()| {
+            for _ in 0..200 {
+                std::thread::sleep(Duration::from_millis(300));
+                s.write_all(&[0xa0])?;
+            }
+            Ok(())
+        }),
+        Misbehaviour::PingFlood => (|| loop {
+            s.write_all(&[0x89, 0x00])?;
+            std::thread::sleep(Duration::from_millis(2));
+        })(),
+    };
+    if ended.is_err() {
+        closed.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_trickling_upstream_is_cut_and_block_closes_it_at_once() {
+    let pds = HostilePds::start(Misbehaviour::Trickle);
+    let (_dir, relay) = relay_with(&[]);
+    let b = format!("http://{}", relay.api_addr());
+    relay.crawl(&pds.hostname()).expect("crawl");
+    // Stall timeout 3s (test default): the watchdog cuts the connection although bytes keep
+    // coming, and the relay reconnects.
+    wait_until(15, "the trickling connection cut and redialled", || {
+        pds.closed.load(Ordering::SeqCst) >= 1 && pds.connections.load(Ordering::SeqCst) >= 2
+    });
+    // Block drops the connection now, not when the frame would have finished (60 s).
+    wait_until(5, "connected again", || {
+        relay.host(&pds.hostname()).is_some_and(|h| h.connected())
+    });
+    let closed = pds.closed.load(Ordering::SeqCst);
+    let t = Instant::now();
+    let a = admin_post(
+        &b,
+        &format!("/admin/pds/block?host={}", pds.hostname()),
+        None,
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    wait_until(3, "blocked host's connection closed", || {
+        pds.closed.load(Ordering::SeqCst) > closed
+    });
+    assert!(t.elapsed() < Duration::from_secs(3));
+    let n = pds.connections.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        pds.connections.load(Ordering::SeqCst),
+        n,
+        "no redial after block"
+    );
+    // The largest limit an operator can type does not overflow the release arithmetic.
+    let a = admin_post(
+        &b,
+        "/admin/pds/changeLimits",
+        Some(serde_json::json!({"host": pds.hostname(), "repo_limit": i64::MAX})),
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(healthy(&relay) < Duration::from_secs(1));
+    relay.shutdown();
+}
+
+#[test]
+fn a_ping_flood_is_dropped_and_backs_off() {
+    let pds = HostilePds::start(Misbehaviour::PingFlood);
+    let (_dir, relay) = relay_with(&[]);
+    let mark = Mark::now();
+    relay.crawl(&pds.hostname()).expect("crawl");
+    wait_until(10, "the flood dropped", || {
+        pds.closed.load(Ordering::SeqCst) >= 1
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    let n = pds.connections.load(Ordering::SeqCst);
+    // Pings are not progress: redials back off (1 s, 2 s, 4 s, ... with jitter) instead of
+    // hammering at 100 ms.
+    assert!(n <= 6, "{n} connections in ~7 s");
+    assert!(mark.delta("rlay_bad_frames_total", &["reason=\"control_flood\""]) >= 1.0);
+    assert!(healthy(&relay) < Duration::from_secs(1));
+    relay.shutdown();
+}
