@@ -52,9 +52,15 @@ pub(crate) enum Join {
     Clear,
     /// Earlier events of this DID are held; this one has been counted and must be held too.
     Behind,
-    /// The DID already has its maximum held; drop the event. `true` the first time in a row.
-    Full(bool),
+    /// Earlier events are held and the DID's queue, or the host's share, is full: wait.
+    Full,
 }
+
+/// Events one host may have held at once (its share of the gate's memory).
+pub(crate) const MAX_HELD_PER_HOST: usize = 20_000;
+/// Identity lookups one host's events may have under way at once, so a host flooding the
+/// relay with unknown DIDs cannot queue its lookups ahead of every other host's.
+pub(crate) const MAX_LOOKUPS_PER_HOST: usize = 16;
 
 pub(crate) struct Gate {
     held: Sharded<Mutex<HashMap<String, HeldEntry>>>,
@@ -76,20 +82,30 @@ impl Gate {
         (gate, GateWorkers { receivers })
     }
 
-    /// Counts the event in if earlier events of its DID are held (so it must queue behind them).
-    pub(crate) fn join(&self, did: &str) -> Join {
+    /// Counts the event in if earlier events of its DID are held (so it must queue behind
+    /// them), unless the DID's queue or the host's share is full.
+    pub(crate) fn join(&self, did: &str, host: &HostHandle) -> Join {
         let mut held = lock(self.held.of(did));
         match held.get_mut(did) {
             None => Join::Clear,
-            Some(e) if e.count >= self.max_per_did => {
-                Join::Full(!std::mem::replace(&mut e.overflowed, true))
+            Some(e) if e.count >= self.max_per_did || !self.has_room(host) => {
+                if !std::mem::replace(&mut e.overflowed, true) {
+                    metrics::counter!("rlay_did_queue_full_total").increment(1);
+                }
+                Join::Full
             }
             Some(e) => {
                 e.count += 1;
+                host.add_held(1);
                 metrics::histogram!("rlay_did_queue_depth").record(f64::from(e.count));
                 Join::Behind
             }
         }
+    }
+
+    /// Whether the host may have one more event held.
+    pub(crate) fn has_room(&self, host: &HostHandle) -> bool {
+        host.held() < MAX_HELD_PER_HOST
     }
 
     /// Holds an event until its DID resolves. `counted`: `join` already counted it.
@@ -99,6 +115,7 @@ impl Gate {
                 .entry(did.to_owned())
                 .or_default()
                 .count += 1;
+            item.host.add_held(1);
         }
         metrics::counter!("rlay_events_awaiting_identity_total").increment(1);
         let w = (crate::util::did_hash(did) % self.workers.len() as u64) as usize;
@@ -111,13 +128,14 @@ impl Gate {
             // The worker is gone (shutdown): the event is lost with the process anyway, but its
             // host cursor must not wait for it.
             let wait = e.into_inner();
-            self.release(&wait.did);
+            self.release(&wait.did, &wait.item.host);
             wait.item.host.end(wait.item.seq);
         }
     }
 
-    /// One held event of `did` has been processed.
-    fn release(&self, did: &str) {
+    /// One held event of `did` (from `host`) has been processed.
+    fn release(&self, did: &str, host: &HostHandle) {
+        host.add_held(-1);
         let mut held = lock(self.held.of(did));
         if let Some(e) = held.get_mut(did) {
             e.count = e.count.saturating_sub(1);
@@ -156,6 +174,10 @@ impl GateWorkers {
 struct Worker {
     pipeline: Weak<Pipeline>,
     queues: HashMap<String, VecDeque<Pending>>,
+    /// DIDs whose lookup is under way, and the host whose event asked for it.
+    asked: HashMap<String, Arc<HostHandle>>,
+    /// DIDs waiting for their host's lookups to drop below the per-host bound, in order.
+    deferred: VecDeque<(String, Arc<HostHandle>)>,
     resolved_tx: Sender<Resolved>,
     resolved_rx: Receiver<Resolved>,
 }
@@ -166,12 +188,15 @@ impl Worker {
         Worker {
             pipeline,
             queues: HashMap::new(),
+            asked: HashMap::new(),
+            deferred: VecDeque::new(),
             resolved_tx,
             resolved_rx,
         }
     }
 
     fn run(mut self, waits: Receiver<Wait>) {
+        let retry = std::time::Duration::from_millis(20);
         loop {
             select! {
                 recv(waits) -> m => {
@@ -184,27 +209,70 @@ impl Worker {
                     let Some(p) = self.pipeline.upgrade() else { return };
                     self.release(&p, r);
                 }
+                default(retry) => {}
+            }
+            if !self.deferred.is_empty() {
+                let Some(p) = self.pipeline.upgrade() else {
+                    return;
+                };
+                self.ask_deferred(&p);
             }
         }
+    }
+
+    /// Asks for a DID's lookup on behalf of `host`'s event, or defers it while the host has
+    /// its share of lookups under way.
+    fn ask(&mut self, p: &Pipeline, did: String, host: Arc<HostHandle>) {
+        if host.lookups() >= MAX_LOOKUPS_PER_HOST {
+            metrics::counter!("rlay_identity_lookups_deferred_total").increment(1);
+            self.deferred.push_back((did, host));
+            return;
+        }
+        host.add_lookups(1);
+        p.resolver().request(&did, Some(&self.resolved_tx));
+        self.asked.insert(did, host);
+    }
+
+    /// Asks for deferred lookups whose hosts have room again, keeping each host's order.
+    fn ask_deferred(&mut self, p: &Pipeline) {
+        let mut still = VecDeque::new();
+        while let Some((did, host)) = self.deferred.pop_front() {
+            if host.lookups() < MAX_LOOKUPS_PER_HOST
+                && !still
+                    .iter()
+                    .any(|(_, h): &(String, Arc<HostHandle>)| Arc::ptr_eq(h, &host))
+            {
+                host.add_lookups(1);
+                p.resolver().request(&did, Some(&self.resolved_tx));
+                self.asked.insert(did, host);
+            } else {
+                still.push_back((did, host));
+            }
+        }
+        self.deferred = still;
     }
 
     fn hold(&mut self, p: &Pipeline, w: Wait) {
         let q = self.queues.entry(w.did.clone()).or_default();
         let first = q.is_empty();
+        let host = w.item.host.clone();
         if w.front {
             q.push_front(w.item);
         } else {
             q.push_back(w.item);
         }
-        // A DID with a queue already has its lookup under way.
+        // A DID with a queue already has its lookup under way (or deferred).
         if first {
-            p.resolver().request(&w.did, Some(&self.resolved_tx));
+            self.ask(p, w.did, host);
         }
     }
 
     /// Processes the DID's queue in order with its resolution. A retry (the identity may be
     /// stale) puts the event back in front and asks for a fresh lookup.
     fn release(&mut self, p: &Pipeline, r: Resolved) {
+        if let Some(h) = self.asked.remove(&r.did) {
+            h.add_lookups(-1);
+        }
         let Some(mut q) = self.queues.remove(&r.did) else {
             return;
         };
@@ -226,12 +294,13 @@ impl Worker {
                 host.end(seq);
                 Processed::Done
             }) {
-                Processed::Done => p.gate().release(&r.did),
+                Processed::Done => p.gate().release(&r.did, &host),
                 Processed::Retry(item) => {
                     p.resolver().purge(&r.did);
+                    let asker = item.host.clone();
                     q.push_front(*item);
                     self.queues.insert(r.did.clone(), q);
-                    p.resolver().request(&r.did, Some(&self.resolved_tx));
+                    self.ask(p, r.did.clone(), asker);
                     return;
                 }
             }

@@ -43,6 +43,9 @@ pub struct HostHandle {
     socket: Mutex<Option<TcpStream>>,
     /// When the connection last delivered a complete message (unix ms).
     last_message_ms: AtomicI64,
+    /// Events of this host held in the identity gate, and identity lookups they have asked for.
+    held: AtomicI64,
+    lookups: AtomicI64,
 }
 
 impl HostHandle {
@@ -76,6 +79,8 @@ impl HostHandle {
             persisted: Mutex::new((r.last_seq, r.account_count)),
             socket: Mutex::new(None),
             last_message_ms: AtomicI64::new(0),
+            held: AtomicI64::new(0),
+            lookups: AtomicI64::new(0),
         }
     }
 
@@ -171,6 +176,22 @@ impl HostHandle {
     pub(crate) fn attach_socket(&self, s: Option<TcpStream>) {
         *self.socket.lock().unwrap_or_else(PoisonError::into_inner) = s;
         self.touch();
+    }
+
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    pub(crate) fn add_held(&self, delta: i64) {
+        self.held.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub(crate) fn lookups(&self) -> usize {
+        self.lookups.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    pub(crate) fn add_lookups(&self, delta: i64) {
+        self.lookups.fetch_add(delta, Ordering::Relaxed);
     }
 
     /// A complete message arrived.

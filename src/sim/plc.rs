@@ -47,6 +47,9 @@ pub struct Plc {
     /// While set, document lookups over HTTP wait (a slow directory).
     held: Mutex<bool>,
     released: Condvar,
+    /// How long a lookup of an unknown DID takes to answer 404 (a slow did:web server, or a
+    /// flood of made-up DIDs).
+    slow_unknown_ms: std::sync::atomic::AtomicU64,
 }
 
 /// The DID document a posted PLC operation describes.
@@ -62,6 +65,12 @@ impl Plc {
     pub fn hold(&self, on: bool) {
         *self.held.lock().unwrap_or_else(PoisonError::into_inner) = on;
         self.released.notify_all();
+    }
+
+    /// Makes lookups of unregistered DIDs take `d` before their 404.
+    pub fn slow_unknown(&self, d: std::time::Duration) {
+        self.slow_unknown_ms
+            .store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn wait_while_held(&self) {
@@ -158,11 +167,18 @@ impl Plc {
                     Some(Entry::Tombstoned) => {
                         respond_json(&mut s, 410, &json!({"message": "DID not available"}))
                     }
-                    None => respond_json(
-                        &mut s,
-                        404,
-                        &json!({"message": format!("DID not registered: {did}")}),
-                    ),
+                    None => {
+                        drop(docs);
+                        let slow = me
+                            .slow_unknown_ms
+                            .load(std::sync::atomic::Ordering::Relaxed);
+                        std::thread::sleep(std::time::Duration::from_millis(slow));
+                        respond_json(
+                            &mut s,
+                            404,
+                            &json!({"message": format!("DID not registered: {did}")}),
+                        )
+                    }
                 }
             }),
         )?;

@@ -348,3 +348,53 @@ fn a_ping_flood_is_dropped_and_backs_off() {
     assert!(healthy(&relay) < Duration::from_secs(1));
     relay.shutdown();
 }
+
+/// A valid did:plc made from a number.
+fn made_up_did(n: u32) -> String {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut id = String::from("did:plc:");
+    let mut v = n;
+    for _ in 0..24 {
+        id.push(alphabet[(v % 32) as usize] as char);
+        v /= 32;
+    }
+    id
+}
+
+#[test]
+fn a_flood_of_unknown_dids_from_one_host_does_not_delay_another_hosts_accounts() {
+    use rlay::proto::frame::{Event, IdentityEvent};
+    let (sim, _dir, relay) = common::relay::crawled_network(2, 1, None, &[]);
+    let b = format!("http://{}", relay.api_addr());
+    // Every lookup of the flood's DIDs takes 200 ms (a slow did:web server, say).
+    sim.world().plc().slow_unknown(Duration::from_millis(200));
+    let mark = Mark::now();
+    for n in 0..3_000 {
+        let e = Event::Identity(IdentityEvent {
+            seq: 0,
+            did: made_up_did(n),
+            time: sim.world().time_now(),
+            handle: None,
+        });
+        sim.world().emit(rlay::sim::Planned::Defect(0, e));
+    }
+    // Meanwhile the other host gets a new account, which needs lookups of its own.
+    let started = Instant::now();
+    let newcomer = sim.world().create_account(1, None).expect("account");
+    sim.world().post(&newcomer, "hello").expect("post");
+    // 3,000 lookups of 200 ms on 2 resolver threads would take minutes if they all queued ahead
+    // of the newcomer's; each host's lookups under way are bounded, so they cannot.
+    wait_until(20, "the other host's new account on the firehose", || {
+        get(
+            &b,
+            &format!("/xrpc/com.atproto.sync.getLatestCommit?did={newcomer}"),
+            Auth::None,
+        )
+        .status
+            == 200
+    });
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(mark.delta("rlay_identity_lookups_deferred_total", &[""]) >= 1.0);
+    assert!(healthy(&relay) < Duration::from_secs(1));
+    relay.shutdown();
+}

@@ -193,7 +193,7 @@ fn live_consumer_sees_new_events() {
 /// past that they are dropped and counted, and the first 1,000 go out in order once the
 /// identity arrives. The host's other accounts are not held up meanwhile.
 #[test]
-fn events_waiting_for_a_slow_identity_are_bounded_and_keep_their_order() {
+fn events_waiting_for_a_slow_identity_are_bounded_and_never_dropped() {
     let (sim, _dir, relay) = crawled_network(1, 1, None, &[]);
     let known = sim.world().dids()[0].clone();
     sim.world()
@@ -202,12 +202,6 @@ fn events_waiting_for_a_slow_identity_are_bounded_and_keep_their_order() {
     wait_until(10, "the known account's commit", || relay.head_seq() >= 1);
     let pds = format!("pds=\"{}\"", sim.hostnames()[0]);
     let mark = Mark::now();
-    let overflowed = || {
-        mark.delta(
-            "rlay_events_dropped_total",
-            &[&pds, "reason=\"pending_queue_full\""],
-        )
-    };
 
     sim.world().plc().hold(true);
     let start_at = sim.world().ledger().len();
@@ -217,21 +211,26 @@ fn events_waiting_for_a_slow_identity_are_bounded_and_keep_their_order() {
             .post(&newcomer, &format!("queued {i}"))
             .expect("post");
     }
-    sim.world().post(&known, "not held up").expect("post");
+    sim.world()
+        .post(&known, "behind the newcomer")
+        .expect("post");
     let mine: Vec<LedgerEntry> = sim.world().ledger()[start_at..]
         .iter()
         .filter(|e| e.did == newcomer)
         .cloned()
         .collect();
     assert!(mine.len() > 1_000);
-    let excess = (mine.len() - 1_000) as f64;
-    wait_until(20, "the overflow counted and the other commit out", || {
-        overflowed() >= excess && relay.head_seq() >= 2
+    // The newcomer's queue fills (1,000): the host thread stops reading instead of dropping.
+    wait_until(20, "the host paused", || {
+        mark.delta("rlay_host_backpressure_total", &[&pds]) >= 1.0
     });
+    std::thread::sleep(std::time::Duration::from_millis(500));
     // Nothing of the newcomer's left unverified while its identity was unknown.
-    assert_eq!(relay.head_seq(), 2);
+    assert_eq!(relay.head_seq(), 1);
     sim.world().plc().hold(false);
-    wait_until(30, "the queued events", || relay.head_seq() >= 2 + 1_000);
+    wait_until(30, "every queued event", || {
+        relay.head_seq() as usize >= 1 + mine.len() + 1
+    });
     settle(&relay);
     let out = read_until_head(&relay, 0);
     let delivered: Vec<Key> = out
@@ -239,8 +238,22 @@ fn events_waiting_for_a_slow_identity_are_bounded_and_keep_their_order() {
         .filter_map(LedgerEntry::key_of)
         .filter(|k| k.0 == newcomer)
         .collect();
-    let expected: Vec<Key> = mine.iter().take(1_000).map(key).collect();
-    assert!(delivered == expected, "the first 1,000 events, in order");
-    assert_eq!(overflowed(), excess);
+    let expected: Vec<Key> = mine.iter().map(key).collect();
+    assert!(
+        delivered == expected,
+        "every event of the newcomer, in order"
+    );
+    assert_eq!(
+        out.iter()
+            .filter(|e| e.did() == Some(known.as_str()))
+            .count(),
+        2,
+        "the known account's commits, the second after the pause"
+    );
+    assert_eq!(
+        mark.delta("rlay_events_dropped_total", &[&pds]),
+        0.0,
+        "nothing dropped"
+    );
     relay.shutdown();
 }

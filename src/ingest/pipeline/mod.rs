@@ -211,38 +211,52 @@ impl Pipeline {
         );
     }
 
+    /// Processes the event now (identity cached) or holds it in the gate. When the DID's queue
+    /// or the host's share of the gate is full, the host thread waits here: it stops reading,
+    /// TCP pushes back on the PDS, and overload costs latency, never a valid event.
     fn dispatch(&self, item: Pending, did: &str) {
-        // Behind earlier events of the DID that wait for its identity: queue up behind them.
-        match self.gate.join(did) {
-            Join::Behind => return self.gate.hold(did, item, true, false),
-            Join::Full(first) => {
-                if first {
-                    log::warn!(
-                        "ingest: {did} has {} events waiting for its identity (is the PLC directory slow?); dropping seq {} from {} and, without further logs, later events until the queue drains (counted in rlay_events_dropped_total{{reason=\"pending_queue_full\"}})",
-                        self.cfg.max_pending_per_did,
-                        item.seq,
-                        item.host.hostname()
-                    );
+        let mut waiting_since: Option<std::time::Instant> = None;
+        loop {
+            match self.gate.join(did, &item.host) {
+                // Behind earlier events of the DID that wait for its identity.
+                Join::Behind => return self.gate.hold(did, item, true, false),
+                Join::Full => {}
+                Join::Clear => {
+                    if let Some(res) = self.resolver.cached(did) {
+                        if let Processed::Retry(item) = self.process(item, did, &res) {
+                            self.resolver.purge(did);
+                            self.gate.hold(did, *item, false, true);
+                        }
+                        return;
+                    }
+                    if self.cfg.optimistic
+                        && matches!(item.event, Event::Commit(_) | Event::Sync(_))
+                    {
+                        self.passthrough(item, did);
+                        self.resolver.request(did, None);
+                        return;
+                    }
+                    if self.gate.has_room(&item.host) {
+                        return self.gate.hold(did, item, false, false);
+                    }
                 }
-                count_dropped(&item.host, "pending_queue_full");
-                item.host.end(item.seq);
+            }
+            if item.host.killed() {
+                // The connection is going away: resume later from before this event.
+                item.host.rewind_cursor();
                 return;
             }
-            Join::Clear => {}
-        }
-        if let Some(res) = self.resolver.cached(did) {
-            if let Processed::Retry(item) = self.process(item, did, &res) {
-                self.resolver.purge(did);
-                self.gate.hold(did, *item, false, true);
+            if waiting_since.is_none() {
+                waiting_since = Some(std::time::Instant::now());
+                metrics::counter!("rlay_host_backpressure_total", "pds" => item.host.hostname().to_owned())
+                    .increment(1);
+                log::debug!(
+                    "ingest: {} paused: its events waiting for identities are at their bound ({did} waiting)",
+                    item.host.hostname()
+                );
             }
-            return;
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        if self.cfg.optimistic && matches!(item.event, Event::Commit(_) | Event::Sync(_)) {
-            self.passthrough(item, did);
-            self.resolver.request(did, None);
-            return;
-        }
-        self.gate.hold(did, item, false, false);
     }
 
     /// Runs one event through verification and account state with its DID's resolution, on a
