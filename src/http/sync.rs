@@ -36,6 +36,12 @@ pub(crate) fn upgrade_required(_: &Ctx, _: &Req) -> Result<Resp, Resp> {
 }
 
 pub(crate) fn health(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
+    if let Some(e) = ctx.hub.log().write_error() {
+        return Ok(json_response(
+            503,
+            &json!({"status": "error", "msg": format!("the event log cannot be written ({e}); events are held back until it can: check the disk")}),
+        ));
+    }
     Ok(match ctx.store.ping() {
         Ok(()) => json_response(200, &json!({"status": "ok"})),
         Err(e) => json_response(

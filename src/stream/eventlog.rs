@@ -74,6 +74,13 @@ impl LogFrame {
     }
 }
 
+/// This boot of the machine (Linux), to tell a process crash from a reboot.
+fn boot_id() -> Option<String> {
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    (id.len() == 36).then(|| id.to_owned())
+}
+
 enum ReadOutcome {
     Record(LogFrame, u64),
     /// Clean end of data (possibly a record still being written).
@@ -152,7 +159,12 @@ pub struct EventLog {
     active: Mutex<Option<Active>>,
     max_segment_bytes: u64,
     max_segment_age: Duration,
+    /// Why the last append failed, while appends fail (health reports it).
+    write_error: Mutex<Option<String>>,
 }
+
+/// Name of the file holding the highest seq that may have been handed out.
+const RESERVATION: &str = "seq-reservation";
 
 /// What `open` found.
 #[derive(Debug, Clone, Copy, Default)]
@@ -254,6 +266,7 @@ impl EventLog {
                 active: Mutex::new(None),
                 max_segment_bytes,
                 max_segment_age,
+                write_error: Mutex::new(None),
             },
             report,
         ))
@@ -294,17 +307,73 @@ impl EventLog {
             .as_mut()
             .ok_or_else(|| io::Error::other("no active segment"))?;
         // At most IOV_MAX (1024) slices per call: two per record.
-        for (hs, fs) in heads.chunks(512).zip(frames.chunks(512)) {
-            let mut slices: Vec<io::IoSlice<'_>> = hs
-                .iter()
-                .zip(fs)
-                .flat_map(|(h, f)| [io::IoSlice::new(h), io::IoSlice::new(&f.bytes)])
-                .collect();
-            write_all_vectored(&mut a.file, &mut slices)?;
+        let written = heads
+            .chunks(512)
+            .zip(frames.chunks(512))
+            .try_for_each(|(hs, fs)| {
+                let mut slices: Vec<io::IoSlice<'_>> = hs
+                    .iter()
+                    .zip(fs)
+                    .flat_map(|(h, f)| [io::IoSlice::new(h), io::IoSlice::new(&f.bytes)])
+                    .collect();
+                write_all_vectored(&mut a.file, &mut slices)
+            });
+        if let Err(e) = written {
+            // A partial batch (a full disk, say) is cut back to the last whole record, so a
+            // retry appends cleanly and no good record ever sits behind a torn one.
+            a.file.set_len(a.bytes)?;
+            *self
+                .write_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+            return Err(e);
         }
+        *self
+            .write_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
         a.bytes += total;
         a.dirty = true;
         Ok(())
+    }
+
+    /// Why appends are failing, while they are.
+    pub fn write_error(&self) -> Option<String> {
+        self.write_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The highest seq a previous run may have broadcast that the log might not hold: only
+    /// after a reboot (0 otherwise). Frames are written to the OS before they are broadcast,
+    /// so a process that died without a reboot left every broadcast frame in the log; a power
+    /// loss can drop the unsynced tail, and then the reservation says how far to skip.
+    pub fn reserved_seq(&self) -> io::Result<u64> {
+        match fs::read(self.dir.join(RESERVATION)) {
+            Ok(b) if b.len() >= 8 => {
+                let same_boot = boot_id().is_some_and(|id| b[8..] == *id.as_bytes());
+                Ok(if same_boot { 0 } else { le_u64(&b[..8]) })
+            }
+            Ok(_) => Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records (durably) that seqs up to `seq` may be handed out in this boot. Written in
+    /// place at a fixed size, so it works on a full disk too.
+    pub fn reserve_seq(&self, seq: u64) -> io::Result<()> {
+        let mut rec = seq.to_le_bytes().to_vec();
+        rec.extend_from_slice(boot_id().unwrap_or_default().as_bytes());
+        let mut f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(self.dir.join(RESERVATION))?;
+        f.write_all(&rec)?;
+        f.set_len(rec.len() as u64)?;
+        f.sync_data()
     }
 
     /// Continues the newest segment after a restart if it is still small and young, otherwise

@@ -20,6 +20,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const MAX_BATCH: usize = 1024;
+/// Seqs reserved ahead on disk at a time: a crash that loses the log's unsynced tail can never
+/// make a restart hand out a seq that was already broadcast (it skips ahead instead).
+const RESERVE_AHEAD: u64 = 100_000;
 const SYNC_EVERY: Duration = Duration::from_millis(200);
 
 /// An accepted event, encoded by its producer, waiting for its seq.
@@ -93,7 +96,16 @@ pub fn spawn(
     initial_seq: u64,
 ) -> std::io::Result<(Sequencer, JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(10_000);
-    let next = last_on_disk.map_or(1, |l| l + 1).max(initial_seq.max(1));
+    let reserved = log.reserved_seq()?;
+    let next = last_on_disk
+        .map_or(1, |l| l + 1)
+        .max(initial_seq.max(1))
+        .max(reserved + 1);
+    if reserved >= last_on_disk.map_or(1, |l| l + 1) {
+        log::info!(
+            "event log: seqs up to {reserved} may have been handed out before; continuing at {next}"
+        );
+    }
     ring.set_initial_head(next - 1);
     let h = std::thread::Builder::new()
         .name("sequencer".into())
@@ -102,7 +114,27 @@ pub fn spawn(
     Ok((Sequencer { tx }, h))
 }
 
+/// Retries `f` every second until it works, logging the first failure and counting each.
+fn until_ok(log: &EventLog, what: &str, mut f: impl FnMut() -> std::io::Result<()>) {
+    let mut logged = false;
+    while let Err(e) = f() {
+        metrics::counter!("rlay_event_log_write_errors_total").increment(1);
+        if !logged {
+            log::error!(
+                "event log: cannot {what} in {} ({e}); events are held back, not broadcast, until the disk accepts writes (check free space and permissions)",
+                log.dir().display()
+            );
+            logged = true;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    if logged {
+        log::info!("event log: writes succeed again in {}", log.dir().display());
+    }
+}
+
 fn run(rx: Receiver<SeqMsg>, log: Arc<EventLog>, ring: Arc<Ring>, mut next: u64) {
+    let mut reserved = next - 1;
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     metrics::gauge!("disk_persister_current_seq").set((next - 1) as f64);
@@ -142,18 +174,12 @@ fn run(rx: Receiver<SeqMsg>, log: Arc<EventLog>, ring: Arc<Ring>, mut next: u64)
             }
         }
         if !frames.is_empty() {
-            let mut logged = false;
-            while let Err(e) = log.append(&frames) {
-                if !logged {
-                    log::error!(
-                        "event log: cannot append to {} ({e}); events are held back until the disk accepts writes (check free space and permissions)",
-                        log.dir().display()
-                    );
-                    metrics::counter!("rlay_event_log_write_errors_total").increment(1);
-                    logged = true;
-                }
-                std::thread::sleep(Duration::from_secs(1));
+            if next - 1 > reserved {
+                let upto = next - 1 + RESERVE_AHEAD;
+                until_ok(&log, "reserve seqs", || log.reserve_seq(upto));
+                reserved = upto;
             }
+            until_ok(&log, "append", || log.append(&frames));
             unsynced = true;
             let arcs: Vec<Arc<LogFrame>> = frames.into_iter().map(Arc::new).collect();
             ring.publish(&arcs);
@@ -170,6 +196,12 @@ fn run(rx: Receiver<SeqMsg>, log: Arc<EventLog>, ring: Arc<Ring>, mut next: u64)
         }
     }
     sync(&log);
+    // A clean stop: the next run continues right after the last seq.
+    if let Err(e) = log.reserve_seq(next - 1) {
+        log::warn!(
+            "event log: could not record the last seq at shutdown ({e}); the next start skips ahead"
+        );
+    }
 }
 
 fn sync(log: &EventLog) {

@@ -8,6 +8,7 @@ mod procstat;
 
 mod api;
 mod cli;
+mod disk_full;
 mod docs;
 mod edges;
 mod index;

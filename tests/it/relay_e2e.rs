@@ -22,7 +22,7 @@ pub(crate) fn key(e: &LedgerEntry) -> Key {
 
 /// Checks that the relay's stream holds each expected event exactly once, nothing else, with
 /// increasing seqs and each account's events in the order its PDS emitted them.
-fn assert_delivered_exactly(out: &[Event], expected: &[LedgerEntry]) {
+pub(crate) fn assert_delivered_exactly(out: &[Event], expected: &[LedgerEntry]) {
     let mut seen: HashMap<Key, usize> = HashMap::new();
     let mut last_seq = 0;
     let mut per_did_out: HashMap<String, Vec<Key>> = HashMap::new();
@@ -56,7 +56,7 @@ fn assert_delivered_exactly(out: &[Event], expected: &[LedgerEntry]) {
     }
 }
 
-fn run_traffic(sim: &Sim, actions: usize, seed: u64) {
+pub(crate) fn run_traffic(sim: &Sim, actions: usize, seed: u64) {
     let mut rng = Rng::new(seed);
     for _ in 0..actions {
         for p in random_action(sim.world(), &mut rng) {

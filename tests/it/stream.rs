@@ -225,6 +225,42 @@ fn restart_keeps_seq_and_replay() {
 }
 
 #[test]
+fn after_a_reboot_seqs_skip_past_what_may_have_been_broadcast() {
+    let dir = tempfile::tempdir().expect("dir");
+    let events = dir.path().join("events");
+    let s = Stream::open(&events, StreamConfig::default()).expect("open");
+    for n in 1..=10 {
+        s.sequencer().emit(&identity(n));
+    }
+    assert_eq!(s.sequencer().barrier(Duration::from_secs(10)), Some(10));
+    // Within one boot a restart continues right after the log (a killed process loses nothing
+    // it broadcast: frames reach the OS first).
+    let reservation = std::fs::read(events.join("seq-reservation")).expect("reservation");
+    assert_eq!(reservation.len(), 8 + 36, "seq and boot id");
+    assert!(u64::from_le_bytes(reservation[..8].try_into().expect("8 bytes")) >= 10);
+    // As if the machine had lost power: the reservation was made in another boot, when seqs up
+    // to 500 may have gone out although the log kept only 10.
+    let mut other_boot = 500u64.to_le_bytes().to_vec();
+    other_boot.extend_from_slice(b"00000000-0000-0000-0000-000000000000");
+    s.shutdown();
+    // The sequencer records its last seq as it exits; wait for that before faking a reboot.
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    let mut clean = 10u64.to_le_bytes().to_vec();
+    clean.extend_from_slice(boot.trim().as_bytes());
+    crate::common::relay::wait_until(5, "the clean-stop record", || {
+        std::fs::read(events.join("seq-reservation")).is_ok_and(|r| r == clean)
+    });
+    std::fs::write(events.join("seq-reservation"), other_boot).expect("write");
+    let s = Stream::open(&events, StreamConfig::default()).expect("reopen");
+    s.sequencer().emit(&identity(11));
+    assert_eq!(
+        s.sequencer().barrier(Duration::from_secs(10)),
+        Some(501),
+        "no seq handed out twice"
+    );
+}
+
+#[test]
 fn initial_seq_floor_applies() {
     let dir = tempfile::tempdir().expect("dir");
     let s = Stream::open(
