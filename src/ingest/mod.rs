@@ -6,4 +6,6 @@ pub mod flusher;
 pub mod gate;
 pub mod hosts;
 pub mod pipeline;
+mod rate;
 pub mod upstream;
+mod watchdog;

@@ -8,6 +8,8 @@
 
 use super::hosts::HostHandle;
 use super::pipeline::Pipeline;
+use super::rate::Limiter;
+pub use super::watchdog::spawn_watchdog;
 use crate::proto::frame::{self, Event};
 use crate::store::{HostStatus, Store};
 use bytes::Bytes;
@@ -60,58 +62,6 @@ pub enum FrameResult {
     Continue,
     Reconnect(String),
     FutureCursor,
-}
-
-/// Token buckets for the per-second, per-hour and per-day limits (indigo's formulas).
-struct Limiter {
-    buckets: [(f64, f64, f64); 3], // (tokens, capacity, refill per second)
-    last: Instant,
-}
-
-impl Limiter {
-    fn new(host: &HostHandle, base: u32) -> Limiter {
-        let limit = host.account_limit() as f64;
-        let (sec, hour, day) = if host.trusted() {
-            (5_000.0, 50_000_000.0, 500_000_000.0)
-        } else {
-            (
-                f64::from(base) + limit / 1000.0,
-                2_500.0 + limit,
-                20_000.0 + 10.0 * limit,
-            )
-        };
-        Limiter {
-            buckets: [
-                (sec, sec, sec),
-                (hour, hour, hour / 3600.0),
-                (day, day, day / 86_400.0),
-            ],
-            last: Instant::now(),
-        }
-    }
-
-    /// Waits until one more event is allowed: the limit slows reading, it never drops events.
-    fn acquire(&mut self, stop: &dyn Fn() -> bool) {
-        loop {
-            let now = Instant::now();
-            let dt = now.duration_since(self.last).as_secs_f64();
-            self.last = now;
-            for b in &mut self.buckets {
-                b.0 = (b.0 + dt * b.2).min(b.1);
-            }
-            if self.buckets.iter().all(|b| b.0 >= 1.0) {
-                for b in &mut self.buckets {
-                    b.0 -= 1.0;
-                }
-                return;
-            }
-            metrics::counter!("rlay_host_rate_limited_total").increment(1);
-            if stop() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 /// The per-connection part of frame handling, shared by host threads and the scenario runner
@@ -317,38 +267,6 @@ fn tcp_of(ws: &WebSocket<MaybeTlsStream<TcpStream>>) -> Option<&TcpStream> {
         MaybeTlsStream::Rustls(s) => Some(s.get_ref()),
         _ => None,
     }
-}
-
-/// Cuts connections that deliver no complete message for the stall timeout, from outside
-/// their threads: a host trickling one byte at a time keeps each read alive, so a per-read
-/// timeout alone never fires.
-pub fn spawn_watchdog(
-    hosts: Arc<super::hosts::Hosts>,
-    stall: Duration,
-    shutdown: Arc<AtomicBool>,
-) -> std::io::Result<()> {
-    let limit = stall.as_millis() as i64 + 1000;
-    std::thread::Builder::new()
-        .name("upstream-watchdog".into())
-        .stack_size(256 << 10)
-        .spawn(move || {
-            while !shutdown.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_secs(1));
-                for h in hosts.all() {
-                    if h.connected() && h.silent_ms() > limit {
-                        metrics::counter!("rlay_upstream_stalls_cut_total").increment(1);
-                        log::warn!(
-                            "upstream {}: no complete message for {} ms; closing the connection",
-                            h.hostname(),
-                            h.silent_ms()
-                        );
-                        h.cut();
-                        h.touch();
-                    }
-                }
-            }
-        })?;
-    Ok(())
 }
 
 fn set_read_timeout(ws: &mut WebSocket<MaybeTlsStream<TcpStream>>, d: Duration) {
