@@ -113,13 +113,7 @@ const BACKEND_TIMEOUT: Duration = Duration::from_secs(30);
 fn refuse(stream: &mut TcpStream, why: Refused) {
     metrics::counter!("rlay_api_connections_refused_total", "reason" => why.label()).increment(1);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-    write_json_error(
-        stream,
-        503,
-        "Service Unavailable",
-        "ServiceUnavailable",
-        why.message(),
-    );
+    write_json_error(stream, 503, "ServiceUnavailable", why.message());
 }
 
 /// Answers a request that could not be read: 400 for a malformed one, 408 for one too slow.
@@ -127,14 +121,13 @@ fn request_error(stream: &mut TcpStream, e: &io::Error) {
     match e.kind() {
         io::ErrorKind::InvalidData => {
             metrics::counter!("rlay_api_bad_requests_total", "reason" => "malformed").increment(1);
-            write_json_error(stream, 400, "Bad Request", "InvalidRequest", &e.to_string());
+            write_json_error(stream, 400, "InvalidRequest", &e.to_string());
         }
         io::ErrorKind::TimedOut => {
             metrics::counter!("rlay_api_bad_requests_total", "reason" => "timeout").increment(1);
             write_json_error(
                 stream,
                 408,
-                "Request Timeout",
                 "RequestTimeout",
                 "the request did not arrive within the relay's request timeout",
             );
@@ -257,7 +250,6 @@ impl Front {
             write_json_error(
                 &mut stream,
                 405,
-                "Method Not Allowed",
                 "InvalidRequest",
                 "subscribeRepos is a GET WebSocket endpoint",
             );
@@ -271,7 +263,6 @@ impl Front {
                     write_json_error(
                         &mut stream,
                         400,
-                        "Bad Request",
                         "InvalidRequest",
                         "cursor must be a non-negative integer",
                     );
@@ -286,7 +277,6 @@ impl Front {
             write_json_error(
                 &mut stream,
                 426,
-                "Upgrade Required",
                 "InvalidRequest",
                 "subscribeRepos needs a WebSocket upgrade",
             );
@@ -328,23 +318,12 @@ impl Front {
         let body_len = match head.body_length() {
             Ok(n) => n,
             Err((status, why)) => {
-                let reason = if status == 411 {
-                    "Length Required"
-                } else {
-                    "Bad Request"
-                };
-                write_json_error(client, status, reason, "InvalidRequest", why);
+                write_json_error(client, status, "InvalidRequest", why);
                 return Ok(());
             }
         };
         if body_len > MAX_BODY {
-            write_json_error(
-                client,
-                413,
-                "Payload Too Large",
-                "PayloadTooLarge",
-                "request body over 1 MiB",
-            );
+            write_json_error(client, 413, "PayloadTooLarge", "request body over 1 MiB");
             return Ok(());
         }
         // The whole body is read here, in this connection's own thread, before tiny_http is

@@ -190,13 +190,17 @@ pub fn switching_protocols(key: &str, server: &str) -> String {
 }
 
 /// A complete JSON error answer, written directly (errors before an upgrade or a forward).
-pub fn write_json_error(
-    stream: &mut TcpStream,
-    status: u16,
-    reason: &str,
-    error: &str,
-    message: &str,
-) {
+pub fn write_json_error(stream: &mut TcpStream, status: u16, error: &str, message: &str) {
+    let reason = match status {
+        400 => "Bad Request",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
     let body = serde_json::json!({ "error": error, "message": message }).to_string();
     let resp = format!(
         "HTTP/1.1 {status} {reason}\r\nServer: {}\r\nContent-Type: application/json\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

@@ -41,8 +41,8 @@ struct Wait {
 #[derive(Default)]
 struct HeldEntry {
     count: u32,
-    /// The DID's queue overflowed and that was logged (reset when it drains), so a flood is
-    /// logged once.
+    /// The DID's queue filled up and that was counted (reset when it drains), so a long
+    /// pause counts once.
     overflowed: bool,
 }
 

@@ -152,16 +152,12 @@ impl HostHandle {
     /// so a read that is blocked (or fed one byte at a time) ends now.
     pub fn kill(&self) {
         self.kill.store(true, Ordering::SeqCst);
-        self.cut();
+        self.drop_connection();
     }
 
-    /// Drops the open connection; its thread reconnects as after any disconnect.
+    /// Closes the open connection's socket from outside its thread; the thread reconnects as
+    /// after any disconnect (unless killed).
     pub fn drop_connection(&self) {
-        self.cut();
-    }
-
-    /// Closes the open connection's socket from outside its thread.
-    pub(crate) fn cut(&self) {
         if let Some(s) = self
             .socket
             .lock()
@@ -200,9 +196,10 @@ impl HostHandle {
             .store(crate::util::now_ms(), Ordering::Relaxed);
     }
 
-    /// Milliseconds since the connection last delivered a complete message.
-    pub(crate) fn silent_ms(&self) -> i64 {
-        crate::util::now_ms() - self.last_message_ms.load(Ordering::Relaxed)
+    /// How long since the connection last delivered a complete message.
+    pub(crate) fn silent(&self) -> std::time::Duration {
+        let ms = crate::util::now_ms() - self.last_message_ms.load(Ordering::Relaxed);
+        std::time::Duration::from_millis(ms.max(0) as u64)
     }
 
     pub(crate) fn killed(&self) -> bool {

@@ -127,15 +127,10 @@ impl Session {
             Event::Error(e) => {
                 self.warn_once(format_args!(
                     "sent error {:?}: {:?}",
-                    e.error.chars().take(100).collect::<String>(),
-                    e.message
-                        .as_deref()
-                        .unwrap_or("")
-                        .chars()
-                        .take(300)
-                        .collect::<String>()
+                    clip(&e.error, 100),
+                    clip(e.message.as_deref().unwrap_or(""), 300)
                 ));
-                return FrameResult::Reconnect(format!("upstream error {:?}", e.error));
+                return FrameResult::Reconnect(format!("upstream error {:?}", clip(&e.error, 100)));
             }
             Event::Info(i) => {
                 metrics::counter!("rlay_upstream_info_total").increment(1);
@@ -143,13 +138,8 @@ impl Session {
                     log::info!(
                         "upstream {}: #info {:?} {:?} (later #info on this connection are not logged)",
                         self.host.hostname(),
-                        i.name.chars().take(100).collect::<String>(),
-                        i.message
-                            .as_deref()
-                            .unwrap_or("")
-                            .chars()
-                            .take(300)
-                            .collect::<String>()
+                        clip(&i.name, 100),
+                        clip(i.message.as_deref().unwrap_or(""), 300)
                     );
                 }
                 return FrameResult::Continue;
@@ -259,6 +249,11 @@ pub fn connect(
 /// Control frames (pings, pongs) a host may send per second before the connection is dropped:
 /// they skip the event rate limiter, and each ping costs a pong.
 const MAX_CONTROL_PER_SEC: u32 = 20;
+
+/// At most `n` characters of text a host sent, for logs (which show it `{:?}`-escaped).
+fn clip(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
 
 /// The TCP socket under a client WebSocket, plain or TLS.
 fn tcp_of(ws: &WebSocket<MaybeTlsStream<TcpStream>>) -> Option<&TcpStream> {
@@ -456,7 +451,6 @@ impl Upstream {
         set_read_timeout(&mut ws, poll);
         let mut session = Session::new(host.clone());
         let mut limiter = Limiter::new(host, self.cfg.base_rate);
-        let mut last_data = Instant::now();
         let mut pinged = false;
         // Only events show the connection worked: a host that answers pings and sends nothing
         // else (or garbage) backs off like one that does not answer at all.
@@ -478,7 +472,6 @@ impl Upstream {
             }
             match ws.read() {
                 Ok(Message::Binary(b)) => {
-                    last_data = Instant::now();
                     host.touch();
                     pinged = false;
                     limiter.acquire(&|| self.stopping(host));
@@ -496,7 +489,6 @@ impl Upstream {
                 Ok(Message::Close(_)) => return end(events, "closed by the host".into()),
                 Ok(_) => {
                     // A ping or pong: the connection is alive, but it is not progress.
-                    last_data = Instant::now();
                     host.touch();
                     pinged = false;
                     if control_since.elapsed() >= Duration::from_secs(1) {
@@ -513,7 +505,7 @@ impl Upstream {
                     }
                 }
                 Err(e) if crate::util::net::ws_timed_out(&e) => {
-                    let quiet = last_data.elapsed();
+                    let quiet = host.silent();
                     if quiet >= self.cfg.stall_timeout {
                         return end(
                             events,

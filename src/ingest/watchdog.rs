@@ -13,7 +13,7 @@ pub fn spawn_watchdog(
     stall: Duration,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
-    let limit = stall.as_millis() as i64 + 1000;
+    let limit = stall + Duration::from_secs(1);
     std::thread::Builder::new()
         .name("upstream-watchdog".into())
         .stack_size(256 << 10)
@@ -21,14 +21,14 @@ pub fn spawn_watchdog(
             while !shutdown.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
                 for h in hosts.all() {
-                    if h.connected() && h.silent_ms() > limit {
+                    let silent = h.silent();
+                    if h.connected() && silent > limit {
                         metrics::counter!("rlay_upstream_stalls_cut_total").increment(1);
                         log::warn!(
-                            "upstream {}: no complete message for {} ms; closing the connection",
-                            h.hostname(),
-                            h.silent_ms()
+                            "upstream {}: no complete message for {silent:?}; closing the connection",
+                            h.hostname()
                         );
-                        h.cut();
+                        h.drop_connection();
                         h.touch();
                     }
                 }

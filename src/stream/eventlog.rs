@@ -74,11 +74,15 @@ impl LogFrame {
     }
 }
 
-/// This boot of the machine (Linux), to tell a process crash from a reboot.
-fn boot_id() -> Option<String> {
-    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let id = id.trim();
-    (id.len() == 36).then(|| id.to_owned())
+/// This boot of the machine (Linux), to tell a process crash from a reboot; read once.
+fn boot_id() -> Option<&'static str> {
+    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let id = id.trim();
+        (id.len() == 36).then(|| id.to_owned())
+    })
+    .as_deref()
 }
 
 enum ReadOutcome {
@@ -148,9 +152,12 @@ struct Segment {
 
 struct Active {
     file: File,
+    /// Length up to the last whole record.
     bytes: u64,
     opened: Instant,
     dirty: bool,
+    /// A failed write left bytes past `bytes` that could not be cut yet.
+    torn: bool,
 }
 
 pub struct EventLog {
@@ -281,6 +288,16 @@ impl EventLog {
 
     /// Appends frames (strictly increasing seqs) with one write. Called by the sequencer only.
     pub fn append(&self, frames: &[LogFrame]) -> io::Result<()> {
+        let r = self.append_records(frames);
+        // Every failure (a roll, a write, a cut) is what health reports until one succeeds.
+        *self
+            .write_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = r.as_ref().err().map(|e| e.to_string());
+        r
+    }
+
+    fn append_records(&self, frames: &[LogFrame]) -> io::Result<()> {
         let Some(first) = frames.first() else {
             return Ok(());
         };
@@ -306,6 +323,11 @@ impl EventLog {
         let a = active
             .as_mut()
             .ok_or_else(|| io::Error::other("no active segment"))?;
+        if a.torn {
+            // The cut after the last failed write did not happen: make it before appending.
+            a.file.set_len(a.bytes)?;
+            a.torn = false;
+        }
         // At most IOV_MAX (1024) slices per call: two per record.
         let written = heads
             .chunks(512)
@@ -321,17 +343,9 @@ impl EventLog {
         if let Err(e) = written {
             // A partial batch (a full disk, say) is cut back to the last whole record, so a
             // retry appends cleanly and no good record ever sits behind a torn one.
-            a.file.set_len(a.bytes)?;
-            *self
-                .write_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+            a.torn = a.file.set_len(a.bytes).is_err();
             return Err(e);
         }
-        *self
-            .write_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
         a.bytes += total;
         a.dirty = true;
         Ok(())
@@ -397,6 +411,7 @@ impl EventLog {
                     bytes: meta.len(),
                     opened: Instant::now(),
                     dirty: false,
+                    torn: false,
                 });
             }
         }
@@ -416,6 +431,7 @@ impl EventLog {
             bytes: 0,
             opened: Instant::now(),
             dirty: false,
+            torn: false,
         })
     }
 

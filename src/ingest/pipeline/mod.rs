@@ -37,7 +37,7 @@ pub struct PipelineConfig {
     pub(crate) lenient: bool,
     /// zlay's behaviour: forward unverified on an identity cache miss.
     pub(crate) optimistic: bool,
-    /// Events a DID may have waiting for its identity before more are dropped.
+    /// Events a DID may have waiting for its identity before its host is paused.
     pub(crate) max_pending_per_did: usize,
 }
 
@@ -215,7 +215,7 @@ impl Pipeline {
     /// or the host's share of the gate is full, the host thread waits here: it stops reading,
     /// TCP pushes back on the PDS, and overload costs latency, never a valid event.
     fn dispatch(&self, item: Pending, did: &str) {
-        let mut waiting_since: Option<std::time::Instant> = None;
+        let mut paused = false;
         loop {
             match self.gate.join(did, &item.host) {
                 // Behind earlier events of the DID that wait for its identity.
@@ -246,8 +246,7 @@ impl Pipeline {
                 item.host.rewind_cursor();
                 return;
             }
-            if waiting_since.is_none() {
-                waiting_since = Some(std::time::Instant::now());
+            if !std::mem::replace(&mut paused, true) {
                 metrics::counter!("rlay_host_backpressure_total", "pds" => item.host.hostname().to_owned())
                     .increment(1);
                 log::debug!(
@@ -483,8 +482,8 @@ impl Pipeline {
             lenient: self.cfg.lenient,
             now_us: crate::proto::verify::now_us(),
         };
-        // Encoded once, outside the account lock; sent under it if the event applies.
-        let mut out = Outgoing::new(&item.event);
+        // Encoded once it verifies, outside the account lock; sent under it if it applies.
+        let mut out = None;
         // Verify against the state read, then apply only if nobody changed it meanwhile.
         for _ in 0..3 {
             let verdict = match &item.event {
@@ -513,6 +512,9 @@ impl Pipeline {
                     return dropped("invalid");
                 }
             };
+            if out.is_none() {
+                out = Outgoing::new(&item.event);
+            }
             let applied = self.accounts.with(did, |slot| {
                 let Some(a) = slot.account.as_mut() else {
                     return Apply::Missing;
