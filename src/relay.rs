@@ -10,6 +10,7 @@ use crate::index::CollectionIndex;
 use crate::index::backfill::BackfillConfig;
 use crate::ingest::accounts::{Accounts, SUSPENDED, TAKENDOWN};
 use crate::ingest::crawl::{CrawlConfig, Crawler};
+use crate::ingest::crawl_queue::CrawlQueue;
 use crate::ingest::flusher;
 use crate::ingest::hosts::{HostHandle, Hosts};
 use crate::ingest::pipeline::{Pipeline, PipelineConfig};
@@ -213,6 +214,8 @@ impl Relay {
             pipeline: pipeline.clone(),
             hosts: hosts.clone(),
             crawler: crawler.clone(),
+            crawl_queue: CrawlQueue::start(crawler.clone())
+                .map_err(|e| format!("cannot start the crawl check threads: {e}"))?,
             index: index.clone(),
             admin: AdminAuth::new(&passwords),
         };

@@ -8,6 +8,7 @@ use super::{admin, sync};
 use crate::index::CollectionIndex;
 use crate::index::routes as index;
 use crate::ingest::crawl::Crawler;
+use crate::ingest::crawl_queue::CrawlQueue;
 use crate::ingest::hosts::Hosts;
 use crate::ingest::pipeline::Pipeline;
 use crate::store::Store;
@@ -23,6 +24,7 @@ pub(crate) struct Ctx {
     pub(crate) pipeline: Arc<Pipeline>,
     pub(crate) hosts: Arc<Hosts>,
     pub(crate) crawler: Arc<Crawler>,
+    pub(crate) crawl_queue: CrawlQueue,
     pub(crate) index: Arc<CollectionIndex>,
     pub(crate) admin: AdminAuth,
 }

@@ -7,7 +7,6 @@ use crate::ingest::accounts::{Account, SUSPENDED, TAKENDOWN, THROTTLED};
 use crate::ingest::crawl::parse_hostname;
 use crate::store::HostRow;
 use serde_json::{Value, json};
-use std::time::Duration;
 use tiny_http::Response;
 
 pub(crate) fn banner_text() -> Resp {
@@ -178,7 +177,9 @@ pub(crate) fn get_latest_commit(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
     ))
 }
 
-/// Checks the account first (inactive accounts get their error), then redirects to its PDS.
+/// Checks the account first (inactive accounts get their error), then redirects to its PDS: the
+/// host it is verified on, or, for an account not seen yet, a cached identity. No lookup runs
+/// on an API worker, so a flood of getRepo calls for made-up DIDs costs nothing outbound.
 pub(crate) fn get_repo(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
     let did = r.did_param()?;
     if let Some(since) = r.param("since")
@@ -186,20 +187,27 @@ pub(crate) fn get_repo(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
     {
         return Err(xrpc_error(400, "InvalidRequest", "since must be a TID"));
     }
-    if let Some(a) = account(ctx, &did)?
-        && let Some(e) = inactive_error(&a)
-    {
+    let known = account(ctx, &did)?;
+    if let Some(e) = known.as_ref().and_then(inactive_error) {
         return Err(e);
     }
-    let res = ctx
-        .pipeline
-        .resolver()
-        .resolve_blocking(&did, Duration::from_secs(10));
-    let pds = res.identity().and_then(|i| i.pds.clone()).ok_or_else(|| {
+    let pds = match known.and_then(|a| ctx.hosts.get(a.host_id)) {
+        Some(h) => Some(format!(
+            "{}://{}",
+            if h.no_tls() { "http" } else { "https" },
+            h.hostname()
+        )),
+        None => ctx
+            .pipeline
+            .resolver()
+            .cached(&did)
+            .and_then(|res| res.identity().and_then(|i| i.pds.clone())),
+    };
+    let pds = pds.ok_or_else(|| {
         xrpc_error(
             404,
             "RepoNotFound",
-            &format!("could not resolve a PDS for {did}"),
+            &format!("{did} is not hosted on any PDS this relay crawls"),
         )
     })?;
     let location = format!("{pds}/xrpc/com.atproto.sync.getRepo?{}", r.raw_query);
@@ -243,16 +251,22 @@ pub(crate) fn get_host_status(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
     Ok(json_response(200, &host_json(ctx, &row)))
 }
 
-/// Public and admin requestCrawl share the checks; admin skips the public limits.
+/// Public and admin requestCrawl share the checks; admin skips the public limits and waits for
+/// the host check, the public route answers at once (see `CrawlQueue`).
 pub(crate) fn crawl(ctx: &Ctx, r: &Req, admin: bool) -> Result<Resp, Resp> {
     let body = r.json()?;
     let hostname = body
         .get("hostname")
         .and_then(Value::as_str)
         .ok_or_else(|| xrpc_error(400, "InvalidRequest", "body must be {\"hostname\": ...}"))?;
-    match ctx.crawler.request_crawl(hostname, admin) {
-        Ok(_) if admin => Ok(super::server::success()),
-        Ok(_) => Ok(empty_ok()),
+    let r = if admin {
+        ctx.crawler.request_crawl(hostname, true).map(|_| ())
+    } else {
+        ctx.crawl_queue.submit(hostname, r.remote.map(|a| a.ip()))
+    };
+    match r {
+        Ok(()) if admin => Ok(super::server::success()),
+        Ok(()) => Ok(empty_ok()),
         Err(e) => {
             let (status, name) = e.xrpc();
             Err(xrpc_error(status, name, &e.to_string()))

@@ -313,15 +313,6 @@ impl Resolver {
         }
     }
 
-    /// Resolves and waits (API paths only; never on a host thread).
-    pub fn resolve_blocking(&self, did: &str, timeout: Duration) -> Resolution {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.request(did, Some(&tx));
-        rx.recv_timeout(timeout)
-            .map(|r| r.res)
-            .unwrap_or(Resolution::Failed("timed out".into()))
-    }
-
     pub fn pending(&self) -> usize {
         lock(&self.inflight).len()
     }

@@ -119,8 +119,17 @@ impl Slot {
     }
 }
 
+/// Eviction counters per shard, by DID hash: a load done outside the shard lock is stale if
+/// its DID's counter moved meanwhile (its slot may have been changed, flushed and evicted).
+const EVICTION_BUCKETS: usize = 64;
+
+fn bucket(did: &str) -> usize {
+    ((crate::util::did_hash(did) >> 32) % EVICTION_BUCKETS as u64) as usize
+}
+
 struct Shard {
     map: HashMap<String, Slot>,
+    evictions: [u64; EVICTION_BUCKETS],
     /// Sweep when the map grows past this. Kept above what the last sweep could not evict, so
     /// a shard full of dirty slots is not rescanned on every insert.
     sweep_at: usize,
@@ -131,16 +140,21 @@ impl Shard {
     /// slots regardless, down to 90% of `cap`.
     fn sweep(&mut self, cap: usize) {
         let target = cap - cap / 10;
-        self.map.retain(|_, s| {
+        let evictions = &mut self.evictions;
+        self.map.retain(|did, s| {
             let keep = s.recent || !s.evictable();
             s.recent = false;
+            if !keep {
+                evictions[bucket(did)] += 1;
+            }
             keep
         });
         if self.map.len() > target {
             let mut excess = self.map.len() - target;
-            self.map.retain(|_, s| {
+            self.map.retain(|did, s| {
                 if excess > 0 && s.evictable() {
                     excess -= 1;
+                    evictions[bucket(did)] += 1;
                     return false;
                 }
                 true
@@ -167,6 +181,7 @@ impl Accounts {
             shards: Sharded::new(|| {
                 Mutex::new(Shard {
                     map: HashMap::new(),
+                    evictions: [0; EVICTION_BUCKETS],
                     sweep_at: shard_cap,
                 })
             }),
@@ -186,20 +201,46 @@ impl Accounts {
 
     /// Runs `f` on the DID's slot under its shard lock (loading it from the store if needed).
     pub fn with<R>(&self, did: &str, f: impl FnOnce(&mut Slot) -> R) -> Result<R, StoreError> {
-        let mut shard = self.shard(did);
-        if !shard.map.contains_key(did) {
-            if shard.map.len() >= shard.sweep_at {
-                shard.sweep(self.shard_cap);
+        self.with_or_wait(did, |_| false, f)
+    }
+
+    /// Like `with`, but when loading fails, `wait(&error)` decides: true (after waiting) to try
+    /// again, false to give up with the error. The store is never called under a shard lock, so
+    /// a slow or absent database stalls only the DIDs being loaded, not their whole shard.
+    pub fn with_or_wait<R>(
+        &self,
+        did: &str,
+        mut wait: impl FnMut(&StoreError) -> bool,
+        f: impl FnOnce(&mut Slot) -> R,
+    ) -> Result<R, StoreError> {
+        let b = bucket(did);
+        let mut loaded: Option<(u64, Option<Account>)> = None;
+        loop {
+            let mut shard = self.shard(did);
+            if !shard.map.contains_key(did) {
+                match loaded.take() {
+                    Some((generation, account)) if shard.evictions[b] == generation => {
+                        if shard.map.len() >= shard.sweep_at {
+                            shard.sweep(self.shard_cap);
+                        }
+                        shard.map.insert(did.to_owned(), Slot::loaded(account));
+                    }
+                    _ => {
+                        let generation = shard.evictions[b];
+                        drop(shard);
+                        match self.store.account_by_did(did) {
+                            Ok(row) => loaded = Some((generation, row.map(Account::from_row))),
+                            Err(e) if wait(&e) => {}
+                            Err(e) => return Err(e),
+                        }
+                        continue;
+                    }
+                }
             }
-            let account = self.store.account_by_did(did)?.map(Account::from_row);
-            shard.map.insert(did.to_owned(), Slot::loaded(account));
-        }
-        match shard.map.get_mut(did) {
-            Some(slot) => {
+            if let Some(slot) = shard.map.get_mut(did) {
                 slot.recent = true;
-                Ok(f(slot))
+                return Ok(f(slot));
             }
-            None => Err(StoreError::Db("account slot vanished".into())),
         }
     }
 

@@ -32,6 +32,10 @@ pub enum CrawlError {
     NotFound(String, String),
     #[error("too many new hosts today; try again later")]
     RateLimited,
+    #[error("too many requestCrawl calls from this address; wait a minute")]
+    TooManyRequests,
+    #[error("too many hosts are waiting to be checked; try again in a minute")]
+    Busy,
     #[error("{0} identifies itself as a relay; relays are not crawled")]
     IsRelay(String),
     #[error("store error: {0}")]
@@ -46,8 +50,24 @@ impl CrawlError {
             CrawlError::BadHostname(_) => (400, "InvalidRequest"),
             CrawlError::Banned(_) | CrawlError::IsRelay(_) => (400, "HostBanned"),
             CrawlError::NotFound(..) => (400, "HostNotFound"),
-            CrawlError::RateLimited => (429, "RateLimitExceeded"),
+            CrawlError::RateLimited | CrawlError::TooManyRequests => (429, "RateLimitExceeded"),
+            CrawlError::Busy => (503, "ServiceUnavailable"),
             CrawlError::Store(_) => (500, "InternalServerError"),
+        }
+    }
+
+    /// A metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CrawlError::Disabled => "disabled",
+            CrawlError::BadHostname(_) => "bad_hostname",
+            CrawlError::Banned(_) => "banned",
+            CrawlError::NotFound(..) => "host_not_found",
+            CrawlError::RateLimited => "daily_limit",
+            CrawlError::TooManyRequests => "address_rate",
+            CrawlError::Busy => "queue_full",
+            CrawlError::IsRelay(_) => "is_relay",
+            CrawlError::Store(_) => "store_error",
         }
     }
 }
@@ -242,6 +262,18 @@ impl Crawler {
         }
     }
 
+    /// Whether public requestCrawl may still add a host today.
+    pub fn has_daily_room(&self) -> bool {
+        let q = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let day = Duration::from_secs(86_400);
+        q.iter().filter(|t| t.elapsed() <= day).count()
+            < self.per_day_limit.load(Ordering::Relaxed) as usize
+    }
+
+    pub fn is_known(&self, hostname: &str) -> bool {
+        self.hosts.by_name(hostname).is_some()
+    }
+
     fn take_daily_slot(&self) -> bool {
         let mut q = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         let day = Duration::from_secs(86_400);
@@ -283,8 +315,15 @@ impl Crawler {
     }
 
     /// `com.atproto.sync.requestCrawl` (admin: bypasses the switch, the daily limit and the
-    /// localhost and plain-http restrictions).
+    /// localhost and plain-http restrictions). The public route goes through `CrawlQueue`.
     pub fn request_crawl(&self, input: &str, admin: bool) -> Result<Arc<HostHandle>, CrawlError> {
+        let (hostname, no_tls) = self.admit(input, admin)?;
+        self.check_and_add(&hostname, no_tls, admin)
+    }
+
+    /// The checks that need no network: the switch, the hostname, bans. Returns
+    /// `(hostname, no_tls)`.
+    pub fn admit(&self, input: &str, admin: bool) -> Result<(String, bool), CrawlError> {
         if !admin && !self.enabled.load(Ordering::Relaxed) {
             return Err(CrawlError::Disabled);
         }
@@ -299,20 +338,31 @@ impl Crawler {
         {
             return Err(CrawlError::Banned(hostname));
         }
-        if let Err(e) = self.check_host(&hostname, no_tls) {
+        Ok((hostname, no_tls))
+    }
+
+    /// Checks that the host answers as a PDS, then adds it (public callers within the daily
+    /// limit).
+    pub fn check_and_add(
+        &self,
+        hostname: &str,
+        no_tls: bool,
+        admin: bool,
+    ) -> Result<Arc<HostHandle>, CrawlError> {
+        if let Err(e) = self.check_host(hostname, no_tls) {
             if let CrawlError::IsRelay(_) = e
-                && let Some(h) = self.hosts.by_name(&hostname)
+                && let Some(h) = self.hosts.by_name(hostname)
             {
                 h.set_status(HostStatus::Banned);
                 self.store.set_host_status(h.id(), HostStatus::Banned)?;
             }
             return Err(e);
         }
-        let known = self.hosts.by_name(&hostname).is_some();
+        let known = self.hosts.by_name(hostname).is_some();
         if !known && !admin && !self.take_daily_slot() {
             return Err(CrawlError::RateLimited);
         }
-        self.add_host(&hostname, no_tls)
+        self.add_host(hostname, no_tls)
     }
 
     /// Bans a host and drops its connection.

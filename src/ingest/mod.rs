@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod crawl;
+pub mod crawl_queue;
 pub mod flusher;
 pub mod gate;
 pub mod hosts;

@@ -398,3 +398,123 @@ fn a_flood_of_unknown_dids_from_one_host_does_not_delay_another_hosts_accounts()
     assert!(healthy(&relay) < Duration::from_secs(1));
     relay.shutdown();
 }
+
+/// A public requestCrawl of `hostname` sent from the loopback address `from`: (status, body).
+fn crawl_from(
+    relay: std::net::SocketAddr,
+    from: std::net::Ipv4Addr,
+    hostname: &str,
+) -> (u16, String) {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    sock.bind(&std::net::SocketAddr::new(from.into(), 0).into())
+        .expect("bind a loopback client address");
+    sock.connect_timeout(&relay.into(), Duration::from_secs(5))
+        .expect("connect");
+    let body = format!("{{\"hostname\":\"{hostname}\"}}");
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let req = format!(
+        "POST /xrpc/com.atproto.sync.requestCrawl HTTP/1.1\r\nHost: r\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    (status_of(&text), text)
+}
+
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, Iterator::count)
+}
+
+#[test]
+fn a_request_crawl_flood_is_answered_at_once_on_bounded_threads() {
+    let (_dir, relay) = relay_with(&[]);
+    let addr = relay.api_addr();
+    // Hosts that take the connection and never answer: each check waits out its 5 s timeout.
+    let holes: Vec<TcpListener> = (0..100)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let names: Arc<Vec<String>> = Arc::new(
+        holes
+            .iter()
+            .map(|l| format!("localhost:{}", l.local_addr().expect("addr").port()))
+            .collect(),
+    );
+    let mark = Mark::now();
+    let threads_before = thread_count();
+    // 1,000 calls from 200 client addresses, 8 at a time, while health is polled.
+    let statuses = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let senders: Vec<_> = (0..8u8)
+        .map(|t| {
+            let (names, statuses) = (names.clone(), statuses.clone());
+            std::thread::spawn(move || {
+                for client in (t..200).step_by(8) {
+                    let from = std::net::Ipv4Addr::new(127, 0, 1, client);
+                    for k in 0..5 {
+                        let name = &names[(usize::from(client) * 5 + k) % names.len()];
+                        let (status, _) = crawl_from(addr, from, name);
+                        statuses.lock().expect("statuses").push(status);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    while !senders.iter().all(|s| s.is_finished()) {
+        slowest = slowest.max(healthy(&relay));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for s in senders {
+        s.join().expect("sender");
+    }
+    assert!(
+        slowest < Duration::from_millis(100),
+        "health took {slowest:?} during the flood"
+    );
+    let statuses = statuses.lock().expect("statuses").clone();
+    assert_eq!(statuses.len(), 1000);
+    assert!(
+        statuses.iter().all(|s| [200, 503].contains(s)),
+        "every call answered at once with 200 (queued) or 503 (queue full): {statuses:?}"
+    );
+    assert!(
+        mark.delta(
+            "rlay_crawl_requests_refused_total",
+            &["reason=\"queue_full\""]
+        ) >= 1.0,
+        "the check queue reached its bound"
+    );
+    assert!(
+        thread_count() <= threads_before + 8,
+        "threads grew from {threads_before} to {}",
+        thread_count()
+    );
+    // Failed checks are counted, and no such host was added.
+    wait_until(20, "failed checks counted", || {
+        mark.delta("rlay_crawl_checks_total", &["result=\"host_not_found\""]) >= 4.0
+    });
+    let hosts = get(
+        &format!("http://{addr}"),
+        "/xrpc/com.atproto.sync.listHosts",
+        Auth::None,
+    );
+    assert_eq!(hosts.json["hosts"], serde_json::json!([]), "{}", hosts.text);
+
+    // One address gets ten calls a minute; the next is refused with a reason.
+    let from = std::net::Ipv4Addr::new(127, 0, 2, 1);
+    for _ in 0..10 {
+        assert_ne!(crawl_from(addr, from, &names[0]).0, 429);
+    }
+    let (status, text) = crawl_from(addr, from, &names[0]);
+    assert_eq!(status, 429, "{text}");
+    assert!(
+        text.contains("too many requestCrawl calls from this address"),
+        "{text}"
+    );
+    drop(holes);
+    relay.shutdown();
+}

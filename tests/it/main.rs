@@ -8,6 +8,7 @@ mod procstat;
 
 mod api;
 mod cli;
+mod db_outage;
 mod disk_full;
 mod docs;
 mod edges;

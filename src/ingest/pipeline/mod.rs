@@ -15,6 +15,7 @@
 
 mod local_status;
 mod recovery;
+mod store_wait;
 
 use super::accounts::{ACTIVE, Account, Accounts, Slot, THROTTLED};
 use super::gate::{Gate, Join, Pending};
@@ -28,6 +29,7 @@ use crate::stream::sequencer::{Outgoing, Sequencer};
 use crate::util::Hidden;
 use recovery::{Recovered, seen_key};
 use std::sync::{Arc, Mutex, PoisonError};
+use store_wait::StoreWait;
 
 /// How many gate threads process events released by identity lookups.
 const GATE_THREADS: usize = 2;
@@ -86,6 +88,7 @@ pub struct Pipeline {
     hidden: Arc<Hidden>,
     cfg: PipelineConfig,
     observer: Option<Arc<dyn Observer>>,
+    store_wait: StoreWait,
 }
 
 /// What became of an event handed to `process`.
@@ -102,6 +105,9 @@ enum Outcome {
     Ignored,
     /// Refused, for this reason (a metric label).
     Dropped(&'static str),
+    /// Not processed: the store was unavailable and the host's connection went away meanwhile,
+    /// or the relay is shutting down. The host resumes from before it.
+    Abandoned,
     /// Refresh the identity and process this item again.
     Retry(Box<Pending>),
 }
@@ -116,6 +122,16 @@ enum Apply {
 
 fn dropped(reason: &'static str) -> Outcome {
     Outcome::Dropped(reason)
+}
+
+/// An event handed to the sequencer (`Some(true)`) is accepted; anything else means the relay
+/// could not take it now, and its host must resume from before it.
+fn sent(emitted: Option<bool>) -> Outcome {
+    if emitted == Some(true) {
+        Outcome::Accepted
+    } else {
+        Outcome::Abandoned
+    }
 }
 
 /// Per-host counts, so an operator can see which PDS sends what gets refused. The label set is
@@ -147,6 +163,7 @@ impl Pipeline {
             hidden,
             cfg,
             observer,
+            store_wait: StoreWait::default(),
         });
         workers.spawn(Arc::downgrade(&p))?;
         Ok(p)
@@ -266,10 +283,32 @@ impl Pipeline {
             Outcome::Retry(item) => return Processed::Retry(item),
             Outcome::Accepted => host.count_accepted(),
             Outcome::Dropped(reason) => count_dropped(&host, reason),
+            Outcome::Abandoned => host.rewind_cursor(),
             Outcome::Ignored => {}
         }
         host.end(seq);
         Processed::Done
+    }
+
+    /// Runs `f` on the DID's account slot, waiting through a store outage (see `store_wait`).
+    /// `None`: the host's connection went away while waiting; the event was not processed.
+    fn with_account<R>(
+        &self,
+        host: &HostHandle,
+        did: &str,
+        f: impl FnOnce(&mut Slot) -> R,
+    ) -> Option<R> {
+        let mut attempts = 0;
+        let r = self.accounts.with_or_wait(
+            did,
+            |e| {
+                attempts += 1;
+                self.store_wait.wait(host, did, e, attempts)
+            },
+            f,
+        );
+        self.store_wait.recovered(attempts);
+        r.ok()
     }
 
     /// Creates the account on first sight from its own PDS, or moves it on a verified migration.
@@ -354,22 +393,21 @@ impl Pipeline {
                     .as_ref()
                     .map(|h| h.to_ascii_lowercase())
                     .filter(|h| host_ok && Some(h) == declared.as_ref());
-                let out = Outgoing::new(&Event::Identity(IdentityEvent {
+                let Some(out) = Outgoing::new(&Event::Identity(IdentityEvent {
                     seq: 0,
                     did: did.to_owned(),
                     time: e.time.clone(),
                     handle,
-                }));
-                let emitted = self.accounts.with(did, |slot| {
+                })) else {
+                    return dropped("unencodable");
+                };
+                let emitted = self.with_account(&item.host, did, |slot| {
                     if host_ok {
                         self.ensure_account(slot, &item.host, did);
                     }
-                    out.is_some_and(|o| self.sequencer.send(o))
+                    self.sequencer.send(out)
                 });
-                if !matches!(emitted, Ok(true)) {
-                    return dropped("store_error");
-                }
-                Outcome::Accepted
+                sent(emitted)
             }
             Event::Account(e) => {
                 if !host_ok {
@@ -379,12 +417,14 @@ impl Pipeline {
                     // A deleted (tombstoned) DID can still report its deletion from its own host; a DID
                     // that resolves to another host cannot.
                     let from_own_host = ident.is_none()
-                        && self
-                            .accounts
-                            .get(did)
-                            .ok()
-                            .flatten()
-                            .is_some_and(|a| a.host_id == item.host.id());
+                        && match self.with_account(&item.host, did, |s| {
+                            s.account
+                                .as_ref()
+                                .is_some_and(|a| a.host_id == item.host.id())
+                        }) {
+                            Some(own) => own,
+                            None => return Outcome::Abandoned,
+                        };
                     if !from_own_host {
                         return dropped("wrong_host");
                     }
@@ -396,13 +436,11 @@ impl Pipeline {
                 };
                 let time = e.time.clone();
                 let deleted = upstream == "deleted";
-                let r = self.accounts.with(did, |slot| {
+                let r = self.with_account(&item.host, did, |slot| {
                     if host_ok {
                         self.ensure_account(slot, &item.host, did);
                     }
-                    let Some(a) = slot.account.as_mut() else {
-                        return false;
-                    };
+                    let a = slot.account.as_mut()?;
                     if a.upstream != upstream {
                         // A deleted account no longer counts against its host's limit (indigo
                         // counts it forever, so busy hosts need manual limit raises).
@@ -424,18 +462,18 @@ impl Pipeline {
                     if deleted && let Some(o) = &self.observer {
                         o.account_deleted(did);
                     }
-                    self.sequencer.emit(&Event::Account(AccountEvent {
+                    Some(self.sequencer.emit(&Event::Account(AccountEvent {
                         seq: 0,
                         did: did.to_owned(),
                         time,
                         active,
                         status,
-                    }))
+                    })))
                 });
                 match r {
-                    Ok(true) => Outcome::Accepted,
-                    Ok(false) => dropped("unknown_account"),
-                    Err(_) => dropped("store_error"),
+                    Some(None) => dropped("unknown_account"),
+                    Some(Some(emitted)) => sent(Some(emitted)),
+                    None => Outcome::Abandoned,
                 }
             }
             Event::Commit(_) | Event::Sync(_) => self.process_repo_event(item, did, res, host_ok),
@@ -468,12 +506,12 @@ impl Pipeline {
         let Some(key) = ident.key.clone() else {
             return dropped("no_signing_key");
         };
-        let state = self.accounts.with(did, |slot| {
+        let state = self.with_account(&item.host, did, |slot| {
             let a = self.ensure_account(slot, &item.host, did);
             (a.repo.clone(), a.is_active())
         });
-        let Ok((mut stored, active)) = state else {
-            return dropped("store_error");
+        let Some((mut stored, active)) = state else {
+            return Outcome::Abandoned;
         };
         if !active {
             return dropped("inactive_account");
@@ -514,8 +552,11 @@ impl Pipeline {
             };
             if out.is_none() {
                 out = Outgoing::new(&item.event);
+                if out.is_none() {
+                    return dropped("unencodable");
+                }
             }
-            let applied = self.accounts.with(did, |slot| {
+            let applied = self.with_account(&item.host, did, |slot| {
                 let Some(a) = slot.account.as_mut() else {
                     return Apply::Missing;
                 };
@@ -530,15 +571,15 @@ impl Pipeline {
                 Apply::Emitted(out.take().is_some_and(|o| self.sequencer.send(o)))
             });
             match applied {
-                Ok(Apply::Emitted(true)) => {
+                Some(Apply::Emitted(true)) => {
                     if acc.chain == Chain::Broken {
                         metrics::counter!("rlay_chain_breaks_total").increment(1);
                     }
                     return Outcome::Accepted;
                 }
-                Ok(Apply::Emitted(false)) | Err(_) => return dropped("store_error"),
-                Ok(Apply::Changed(now)) => stored = now,
-                Ok(Apply::Missing) => return dropped("unknown_account"),
+                Some(Apply::Emitted(false)) | None => return Outcome::Abandoned,
+                Some(Apply::Changed(now)) => stored = now,
+                Some(Apply::Missing) => return dropped("unknown_account"),
             }
         }
         dropped("concurrent_update")
@@ -547,7 +588,7 @@ impl Pipeline {
     /// Optimistic mode on a cache miss: forward without verification (zlay's behaviour), unless
     /// the relay itself has the account down.
     fn passthrough(&self, item: Pending, did: &str) {
-        let r = self.accounts.with(did, |slot| {
+        let r = self.with_account(&item.host, did, |slot| {
             if slot.account.as_ref().is_some_and(|a| a.local != ACTIVE) {
                 return false;
             }
@@ -557,9 +598,13 @@ impl Pipeline {
             }
             self.sequencer.emit(&item.event)
         });
-        if matches!(r, Ok(true)) {
-            metrics::counter!("rlay_events_unverified_total").increment(1);
-            item.host.count_accepted();
+        match r {
+            Some(true) => {
+                metrics::counter!("rlay_events_unverified_total").increment(1);
+                item.host.count_accepted();
+            }
+            Some(false) => {}
+            None => item.host.rewind_cursor(),
         }
         item.host.end(item.seq);
     }

@@ -5,6 +5,10 @@
 //! `postgres` (or `nobody`) user. A small watchdog shell stops the server and deletes the
 //! cluster once the test process is gone, so nothing is left behind even after a panic.
 //!
+//! The watchdog also supervises the server: while a `down` file exists in the cluster
+//! directory it keeps PostgreSQL stopped, and starts it again once the file is gone (see
+//! [`Switch`], for database outage tests).
+//!
 //! Missing binaries skip loudly, unless `RLAY_REQUIRE_POSTGRES=1` (set by `.ci/run`), which
 //! turns the skip into a failure.
 
@@ -71,6 +75,8 @@ struct Cluster {
     admin: String,
     /// The CA that signed the server certificate, when the cluster only accepts TLS.
     ca: Option<PathBuf>,
+    /// The cluster's directory (its `down` file stops the server).
+    root: PathBuf,
 }
 
 /// A CA and a server certificate for 127.0.0.1/localhost signed by it, made with `openssl`.
@@ -204,10 +210,18 @@ fn start_cluster(durable: bool, tls: bool) -> Option<Cluster> {
 
     let port = free_port();
     let script = format!(
-        r#""{bin}/postgres" -D "{data}" -p {port} -k "{data}" -c listen_addresses=127.0.0.1 {speed} {tls_flags} -c max_connections=300 > "{root}/log" 2>&1 &
-P=$!
-while [ -d /proc/{parent} ] && kill -0 $P 2>/dev/null; do sleep 0.5; done
-kill -INT $P 2>/dev/null; wait $P 2>/dev/null; rm -rf "{root}""#,
+        r#"up() {{ "{bin}/postgres" -D "{data}" -p {port} -k "{data}" -c listen_addresses=127.0.0.1 {speed} {tls_flags} -c max_connections=300 >> "{root}/log" 2>&1 & P=$!; }}
+up
+while [ -d /proc/{parent} ]; do
+  if [ -e "{root}/down" ]; then
+    if [ -n "$P" ]; then kill -INT $P 2>/dev/null; wait $P 2>/dev/null; P=; fi
+  elif [ -z "$P" ] || ! kill -0 $P 2>/dev/null; then
+    up
+  fi
+  sleep 0.2
+done
+if [ -n "$P" ]; then kill -INT $P 2>/dev/null; wait $P 2>/dev/null; fi
+rm -rf "{root}""#,
         bin = bin.display(),
         data = data.display(),
         root = root.display(),
@@ -243,6 +257,7 @@ kill -INT $P 2>/dev/null; wait $P 2>/dev/null; rm -rf "{root}""#,
                 base,
                 admin,
                 ca: tls.then(|| root.join("ca.crt")),
+                root,
             });
         }
         if Instant::now() > deadline {
@@ -282,6 +297,57 @@ pub fn fresh_durable_database() -> Option<String> {
             .get_or_init(|| start_cluster(true, false))
             .as_ref()?,
     )
+}
+
+/// Stops and starts the PostgreSQL server of a [`fresh_stoppable_database`].
+pub struct Switch {
+    root: PathBuf,
+    admin: String,
+}
+
+impl Switch {
+    fn answers(&self) -> bool {
+        postgres::Client::connect(&format!("{} dbname=postgres", self.admin), postgres::NoTls)
+            .is_ok()
+    }
+
+    fn wait_for(&self, up: bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.answers() != up {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not {} within 30s",
+                if up { "start" } else { "stop" }
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Shuts the server down (fast shutdown: clients are disconnected) and waits until it
+    /// refuses connections.
+    pub fn stop(&self) {
+        std::fs::write(self.root.join("down"), b"").expect("write the down file");
+        self.wait_for(false);
+    }
+
+    /// Starts the server again and waits until it answers.
+    pub fn start(&self) {
+        std::fs::remove_file(self.root.join("down")).expect("remove the down file");
+        self.wait_for(true);
+    }
+}
+
+/// A new database on a cluster of its own, which the test may stop and start.
+pub fn fresh_stoppable_database() -> Option<(String, Switch)> {
+    let cluster = start_cluster(false, false)?;
+    let url = create_database(&cluster)?;
+    Some((
+        url,
+        Switch {
+            root: cluster.root,
+            admin: cluster.admin,
+        },
+    ))
 }
 
 fn create_database(cluster: &Cluster) -> Option<String> {
