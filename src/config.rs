@@ -97,8 +97,9 @@ pub struct Settings {
     /// Pause between backfill pages, to be gentle with the upstream.
     #[arg(long, env = "RELAY_BACKFILL_PAGE_PAUSE", default_value = "1s", value_name = "DURATION", value_parser = duration)]
     backfill_page_pause: Duration,
-    /// API connections (not firehose consumers) open at once; beyond it new ones get 503.
-    #[arg(long, env = "RELAY_MAX_API_CONNECTIONS", default_value = "1000", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// API connections (not firehose consumers) open at once; when full, the one whose request
+    /// has been arriving longest is closed for a newcomer, else the newcomer gets 503.
+    #[arg(long, env = "RELAY_MAX_API_CONNECTIONS", default_value = "512", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_api_connections: u32,
     /// API connections from one client address (behind a reverse proxy, raise it: all clients share its address).
     #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_ADDRESS", default_value = "100", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]

@@ -194,7 +194,7 @@ impl Front {
             match accepted {
                 Ok((mut stream, peer)) => {
                     // Refused before a thread exists for it: the refusal costs one short write.
-                    let held = match self.counts.admit(peer.ip(), &self.limits) {
+                    let held = match self.counts.admit(peer.ip(), &stream, &self.limits) {
                         Ok(h) => h,
                         Err(why) => {
                             refuse(&mut stream, why);
@@ -220,7 +220,7 @@ impl Front {
         }
     }
 
-    fn handle(&self, mut stream: TcpStream, peer: SocketAddr, held: Held) {
+    fn handle(&self, mut stream: TcpStream, peer: SocketAddr, mut held: Held) {
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
         // The whole head and body must arrive within the request timeout.
@@ -232,11 +232,12 @@ impl Front {
             Err(e) => return request_error(&mut stream, &e),
         };
         if head.path() == "/xrpc/com.atproto.sync.subscribeRepos" {
+            held.head_read();
             match held.into_consumer(&self.limits) {
                 Ok(consumer) => self.firehose(stream, peer, &head, consumer),
                 Err(why) => refuse(&mut stream, why),
             }
-        } else if let Err(e) = self.forward(&mut stream, peer, &head, &buf, deadline) {
+        } else if let Err(e) = self.forward(&mut stream, peer, &head, &buf, deadline, &mut held) {
             if matches!(e.kind(), io::ErrorKind::TimedOut) {
                 request_error(&mut stream, &e);
             }
@@ -314,6 +315,7 @@ impl Front {
         head: &Head,
         buf: &[u8],
         deadline: Instant,
+        held: &mut Held,
     ) -> io::Result<()> {
         let body_len = match head.body_length() {
             Ok(n) => n,
@@ -343,6 +345,8 @@ impl Front {
             }
             body.extend_from_slice(&chunk[..n]);
         }
+        // The request is whole: no longer a slow client to evict.
+        held.head_read();
         // The loopback hop has deadlines too: a handler that never answers ties up only this
         // connection, and only for a while.
         let mut backend = TcpStream::connect_timeout(&self.backend, Duration::from_secs(5))?;

@@ -2,10 +2,16 @@
 //! counted in total and per client address, with separate room for firehose consumers; and how
 //! long a request may take to arrive. Past a limit the answer is 503 at once, so a flood costs
 //! the flooder a refused connection and the relay nothing it cannot spare.
+//!
+//! Slow clients cannot fill the port: when every place is taken, the connection that has been
+//! reading its request head the longest is closed to make room (a real client sends its head
+//! in a millisecond; a slowloris attacker's are the oldest), so health and other quick
+//! requests still get in. The evicted threads leave within moments; until they have, at most a
+//! tenth more connections are admitted.
 
 use crate::util::sharded::lock;
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Shutdown, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +31,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_connections: 1000,
+            max_connections: 512,
             max_per_address: 100,
             max_consumers: 5000,
             request_timeout: Duration::from_secs(10),
@@ -39,6 +45,15 @@ pub(crate) struct Counts {
     connections: AtomicUsize,
     consumers: AtomicUsize,
     per_address: Mutex<HashMap<IpAddr, usize>>,
+    heads: Mutex<HeadReaders>,
+}
+
+/// Connections whose request has not fully arrived (head, and body if any), oldest first, with
+/// a handle to close each.
+#[derive(Default)]
+struct HeadReaders {
+    next: u64,
+    open: BTreeMap<u64, TcpStream>,
 }
 
 /// Why a connection was refused (a metric label).
@@ -78,19 +93,45 @@ pub(crate) struct Held {
     counts: Arc<Counts>,
     ip: IpAddr,
     consumer: bool,
+    /// Its entry among the head readers, until its request has arrived.
+    reading: Option<u64>,
 }
 
 impl Counts {
-    /// Takes a place for a new connection from `ip`.
-    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr, l: &Limits) -> Result<Held, Refused> {
+    /// Takes a place for `stream`, a new connection from `ip`, closing the oldest head reader
+    /// if every place is taken.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        stream: &TcpStream,
+        l: &Limits,
+    ) -> Result<Held, Refused> {
         let mut per = lock(&self.per_address);
         let mine = per.get(&ip).copied().unwrap_or(0);
         if mine >= l.max_per_address {
             return Err(Refused::PerAddress);
         }
-        if self.connections.load(Ordering::Relaxed) >= l.max_connections {
-            return Err(Refused::Total);
+        let open = self.connections.load(Ordering::Relaxed);
+        let mut heads = lock(&self.heads);
+        if open >= l.max_connections {
+            let evicted = (open < l.max_connections + l.max_connections / 10 + 1)
+                .then(|| heads.open.pop_first())
+                .flatten();
+            let Some((_, oldest)) = evicted else {
+                return Err(Refused::Total);
+            };
+            let _ = oldest.shutdown(Shutdown::Both);
+            metrics::counter!("rlay_api_connections_evicted_total", "reason" => "slow_head")
+                .increment(1);
         }
+        // Without a handle it cannot be evicted, but it is still bounded by the deadline.
+        let reading = stream.try_clone().ok().map(|s| {
+            heads.next += 1;
+            let id = heads.next;
+            heads.open.insert(id, s);
+            id
+        });
+        drop(heads);
         self.connections.fetch_add(1, Ordering::Relaxed);
         per.insert(ip, mine + 1);
         metrics::gauge!("rlay_api_connections").increment(1.0);
@@ -98,11 +139,19 @@ impl Counts {
             counts: self.clone(),
             ip,
             consumer: false,
+            reading,
         })
     }
 }
 
 impl Held {
+    /// The request (head, and body if any) has arrived: no longer a candidate for eviction.
+    pub(crate) fn head_read(&mut self) {
+        if let Some(id) = self.reading.take() {
+            lock(&self.counts.heads).open.remove(&id);
+        }
+    }
+
     /// The connection becomes a firehose consumer: it leaves the API's counts (a consumer is
     /// not a request in flight) and takes a consumer place.
     pub(crate) fn into_consumer(mut self, l: &Limits) -> Result<Held, Refused> {
@@ -131,6 +180,7 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
+        self.head_read();
         if self.consumer {
             self.counts.consumers.fetch_sub(1, Ordering::Relaxed);
         } else {

@@ -10,6 +10,7 @@ pub mod admin;
 mod endpoints;
 pub mod fault;
 pub mod host;
+pub mod hostile;
 mod pacing;
 pub mod plc;
 pub mod repo;

@@ -6,10 +6,10 @@ use crate::common;
 use common::http::{Auth, admin_post, get};
 use common::metrics::Mark;
 use common::relay::{config, start, wait_until};
+use rlay::sim::hostile::{HostilePds, Misbehaviour};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn relay_with(extra: &[(&str, &str)]) -> (tempfile::TempDir, rlay::relay::Relay) {
@@ -35,6 +35,20 @@ fn status_of(answer: &str) -> u16 {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
+}
+
+/// `n` connections that send the start of a request head and no more (yet), once the relay has
+/// taken them.
+fn slow_heads(addr: std::net::SocketAddr, n: usize) -> Vec<TcpStream> {
+    let slow = (0..n)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.write_all(b"GET /xrpc/_he").expect("write");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    slow
 }
 
 /// Health answers, and quickly.
@@ -119,14 +133,7 @@ fn connection_caps_answer_503_and_slow_requests_are_cut() {
     let addr = relay.api_addr();
     let mark = Mark::now();
     // Eight clients that send a byte now and then never finish their heads.
-    let mut slow: Vec<TcpStream> = (0..8)
-        .map(|_| {
-            let mut s = TcpStream::connect(addr).expect("connect");
-            s.write_all(b"GET /xrpc/_he").expect("write");
-            s
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    let mut slow = slow_heads(addr, 8);
     // The ninth from the same address is refused at once, with a reason.
     let a = raw(addr, b"GET /xrpc/_health HTTP/1.1\r\n\r\n");
     assert_eq!(status_of(&a), 503, "{a}");
@@ -166,6 +173,35 @@ fn connection_caps_answer_503_and_slow_requests_are_cut() {
 }
 
 #[test]
+fn slow_clients_cannot_fill_the_port() {
+    let (_dir, relay) = relay_with(&[("max-api-connections", "8")]);
+    let addr = relay.api_addr();
+    let mark = Mark::now();
+    let mut slow = slow_heads(addr, 8);
+    // Every place holds a slow request; a quick request still gets in, in place of the slow
+    // one waiting longest, which is closed without an answer.
+    assert!(healthy(&relay) < Duration::from_millis(500));
+    assert_eq!(
+        mark.delta(
+            "rlay_api_connections_evicted_total",
+            &["reason=\"slow_head\""]
+        ),
+        1.0
+    );
+    let first = &mut slow[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut out = Vec::new();
+    let closed = first.read_to_end(&mut out);
+    assert!(
+        closed.is_ok() && out.is_empty(),
+        "the oldest closed without an answer: {closed:?} {out:?}"
+    );
+    relay.shutdown();
+}
+
+#[test]
 fn empty_query_values_count_as_absent() {
     let (_dir, relay) = relay_with(&[]);
     let b = format!("http://{}", relay.api_addr());
@@ -189,102 +225,6 @@ fn empty_query_values_count_as_absent() {
     relay.shutdown();
 }
 
-/// A PDS that answers describeServer and then misbehaves on its firehose.
-struct HostilePds {
-    port: u16,
-    connections: Arc<AtomicUsize>,
-    /// Connections that ended because the relay closed them.
-    closed: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-}
-
-#[derive(Clone, Copy)]
-enum Misbehaviour {
-    /// Announces a 200-byte frame, then sends it one byte every 300 ms.
-    Trickle,
-    /// Pings without end.
-    PingFlood,
-}
-
-impl HostilePds {
-    fn start(kind: Misbehaviour) -> HostilePds {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        let (connections, closed, stop) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (c, d, st) = (connections.clone(), closed.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in l.incoming() {
-                let Ok(mut s) = conn else { continue };
-                if st.load(Ordering::SeqCst) {
-                    return;
-                }
-                let (c, d) = (c.clone(), d.clone());
-                std::thread::spawn(move || serve(&mut s, kind, &c, &d));
-            }
-        });
-        HostilePds {
-            port,
-            connections,
-            closed,
-            stop,
-        }
-    }
-
-    fn hostname(&self) -> String {
-        format!("localhost:{}", self.port)
-    }
-}
-
-impl Drop for HostilePds {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-    }
-}
-
-fn serve(s: &mut TcpStream, kind: Misbehaviour, conns: &AtomicUsize, closed: &AtomicUsize) {
-    let mut buf = Vec::new();
-    let Ok(Some(head)) = rlay::http::head::read_head(s, &mut buf) else {
-        return;
-    };
-    if head.path() != "/xrpc/com.atproto.sync.subscribeRepos" {
-        let body = r#"{"did":"did:web:hostile.test","availableUserDomains":[]}"#;
-        let _ = write!(
-            s,
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        return;
-    }
-    let key = head.header("sec-websocket-key").unwrap_or("").to_owned();
-    if s.write_all(rlay::http::head::switching_protocols(&key, "hostile").as_bytes())
-        .is_err()
-    {
-        return;
-    }
-    conns.fetch_add(1, Ordering::SeqCst);
-    let ended = match kind {
-        Misbehaviour::Trickle => s.write_all(&[0x82, 126, 0x00, 200]).and_then(|()| {
-            for _ in 0..200 {
-                std::thread::sleep(Duration::from_millis(300));
-                s.write_all(&[0xa0])?;
-            }
-            Ok(())
-        }),
-        Misbehaviour::PingFlood => (|| loop {
-            s.write_all(&[0x89, 0x00])?;
-            std::thread::sleep(Duration::from_millis(2));
-        })(),
-    };
-    if ended.is_err() {
-        closed.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 #[test]
 fn a_trickling_upstream_is_cut_and_block_closes_it_at_once() {
     let pds = HostilePds::start(Misbehaviour::Trickle);
@@ -294,13 +234,13 @@ fn a_trickling_upstream_is_cut_and_block_closes_it_at_once() {
     // Stall timeout 3s (test default): the watchdog cuts the connection although bytes keep
     // coming, and the relay reconnects.
     wait_until(15, "the trickling connection cut and redialled", || {
-        pds.closed.load(Ordering::SeqCst) >= 1 && pds.connections.load(Ordering::SeqCst) >= 2
+        pds.closed() >= 1 && pds.connections() >= 2
     });
     // Block drops the connection now, not when the frame would have finished (60 s).
     wait_until(5, "connected again", || {
         relay.host(&pds.hostname()).is_some_and(|h| h.connected())
     });
-    let closed = pds.closed.load(Ordering::SeqCst);
+    let closed = pds.closed();
     let t = Instant::now();
     let a = admin_post(
         &b,
@@ -309,16 +249,12 @@ fn a_trickling_upstream_is_cut_and_block_closes_it_at_once() {
     );
     assert_eq!(a.status, 200, "{}", a.text);
     wait_until(3, "blocked host's connection closed", || {
-        pds.closed.load(Ordering::SeqCst) > closed
+        pds.closed() > closed
     });
     assert!(t.elapsed() < Duration::from_secs(3));
-    let n = pds.connections.load(Ordering::SeqCst);
+    let n = pds.connections();
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(
-        pds.connections.load(Ordering::SeqCst),
-        n,
-        "no redial after block"
-    );
+    assert_eq!(pds.connections(), n, "no redial after block");
     // The largest limit an operator can type does not overflow the release arithmetic.
     let a = admin_post(
         &b,
@@ -336,29 +272,15 @@ fn a_ping_flood_is_dropped_and_backs_off() {
     let (_dir, relay) = relay_with(&[]);
     let mark = Mark::now();
     relay.crawl(&pds.hostname()).expect("crawl");
-    wait_until(10, "the flood dropped", || {
-        pds.closed.load(Ordering::SeqCst) >= 1
-    });
+    wait_until(10, "the flood dropped", || pds.closed() >= 1);
     std::thread::sleep(Duration::from_secs(6));
-    let n = pds.connections.load(Ordering::SeqCst);
+    let n = pds.connections();
     // Pings are not progress: redials back off (1 s, 2 s, 4 s, ... with jitter) instead of
     // hammering at 100 ms.
     assert!(n <= 6, "{n} connections in ~7 s");
     assert!(mark.delta("rlay_bad_frames_total", &["reason=\"control_flood\""]) >= 1.0);
     assert!(healthy(&relay) < Duration::from_secs(1));
     relay.shutdown();
-}
-
-/// A valid did:plc made from a number.
-fn made_up_did(n: u32) -> String {
-    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut id = String::from("did:plc:");
-    let mut v = n;
-    for _ in 0..24 {
-        id.push(alphabet[(v % 32) as usize] as char);
-        v /= 32;
-    }
-    id
 }
 
 #[test]
@@ -372,7 +294,7 @@ fn a_flood_of_unknown_dids_from_one_host_does_not_delay_another_hosts_accounts()
     for n in 0..3_000 {
         let e = Event::Identity(IdentityEvent {
             seq: 0,
-            did: made_up_did(n),
+            did: rlay::sim::hostile::made_up_did(n),
             time: sim.world().time_now(),
             handle: None,
         });

@@ -1,0 +1,184 @@
+//! What the whole-relay benchmarks share: `rlay serve` as a child process, admin calls, and a
+//! live firehose consumer. Included by each bench with `mod harness;`.
+#![allow(dead_code)]
+
+use rlay::proto::frame::{self, Event};
+use rlay::sim::admin::RelayAdmin;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tungstenite::Message;
+use tungstenite::stream::MaybeTlsStream;
+
+pub const PW: &str = "bench-pw";
+
+pub fn free_port() -> u16 {
+    rlay::sim::admin::free_port().expect("a free loopback port")
+}
+
+/// `rlay serve` on `port` with the bench defaults and `extra` flags; returns once it is ready.
+pub fn spawn_relay_with(dir: &std::path::Path, port: u16, plc: &str, extra: &[&str]) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rlay"))
+        .arg("serve")
+        .arg(format!("--data-dir={}", dir.display()))
+        .arg(format!("--api-listen=127.0.0.1:{port}"))
+        .arg("--metrics-listen=")
+        .arg(format!("--admin-password={PW}"))
+        .arg(format!("--plc-host={plc}"))
+        .arg("--bootstrap-host=")
+        .arg("--allow-insecure-hosts=true")
+        .arg("--trusted-domains=localhost")
+        .args(extra)
+        .env("RELAY_LOG_LEVEL", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start rlay serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready line");
+    child
+}
+
+pub fn admin(port: u16) -> RelayAdmin {
+    RelayAdmin::new(&format!("http://127.0.0.1:{port}"), PW)
+}
+
+pub fn spawn_relay(dir: &std::path::Path, port: u16, plc: &str) -> Child {
+    spawn_relay_with(dir, port, plc, &[])
+}
+
+/// Admin requestCrawl for every host, from a few threads.
+pub fn crawl(port: u16, hosts: &[String]) {
+    std::thread::scope(|s| {
+        for chunk in hosts.chunks(hosts.len().div_ceil(8).max(1)) {
+            s.spawn(move || {
+                let a = admin(port);
+                for h in chunk {
+                    a.request_crawl(h).unwrap_or_else(|e| panic!("crawl: {e}"));
+                }
+            });
+        }
+    });
+}
+
+pub fn connected(port: u16) -> usize {
+    admin(port).connected().len()
+}
+
+pub fn wait_connected(port: u16, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while connected(port) < n {
+        assert!(
+            Instant::now() < deadline,
+            "relay connected to {} of {n} hosts",
+            connected(port)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A live consumer calling `on` for each event.
+pub fn consume(
+    port: u16,
+    stop: Arc<AtomicBool>,
+    mut on: impl FnMut(Event) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let (mut ws, _) = tungstenite::connect(format!(
+            "ws://127.0.0.1:{port}/xrpc/com.atproto.sync.subscribeRepos"
+        ))
+        .expect("subscribe");
+        if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+        }
+        while !stop.load(Ordering::Relaxed) {
+            match ws.read() {
+                Ok(Message::Binary(b)) => {
+                    if let Ok(e) = frame::decode(&b) {
+                        on(e);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if rlay::util::net::ws_timed_out(&e) => {}
+                Err(e) => panic!("consumer: {e}"),
+            }
+        }
+    })
+}
+
+/// The relay process, killed when dropped (also when a benchmark panics, so no relay outlives
+/// it holding its output open).
+pub struct RelayProcess(pub Child);
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `--secs N` argument, or `default`.
+pub fn arg_secs(default: f64) -> f64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--secs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The throughput set-up: `hosts` × 5 k256 accounts of 20 records each, crawled by a relay.
+pub fn k256_network(hosts: usize) -> (rlay::sim::Sim, tempfile::TempDir, u16, RelayProcess) {
+    let sim = rlay::sim::Sim::start(&rlay::sim::SimConfig {
+        hosts,
+        accounts_per_host: 5,
+        p256_every: 0,
+        initial_records: 20,
+        ..rlay::sim::SimConfig::default()
+    })
+    .expect("sim");
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let relay = RelayProcess(spawn_relay(dir.path(), port, sim.world().plc_url()));
+    crawl(port, &sim.hostnames());
+    wait_connected(port, hosts);
+    (sim, dir, port, relay)
+}
+
+/// At least `n` events of the realistic mix, signed ahead.
+pub fn plan(
+    sim: &rlay::sim::Sim,
+    rng: &mut rlay::sim::traffic::Rng,
+    n: usize,
+) -> Vec<rlay::sim::Planned> {
+    let mut planned = Vec::with_capacity(n + 16);
+    while planned.len() < n {
+        planned.extend(rlay::sim::traffic::random_action(sim.world(), rng));
+    }
+    planned
+}
+
+/// How many of them are valid (what the relay must deliver).
+pub fn valid(planned: &[rlay::sim::Planned]) -> usize {
+    planned
+        .iter()
+        .filter(|p| matches!(p, rlay::sim::Planned::Valid(..)))
+        .count()
+}
+
+/// Waits until the consumer's count reaches `n`; the time it did.
+pub fn wait_for(got: &std::sync::atomic::AtomicU64, n: u64, secs: u64) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while got.load(Ordering::Relaxed) < n {
+        assert!(
+            Instant::now() < deadline,
+            "consumer got {} of {n} events",
+            got.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Instant::now()
+}
