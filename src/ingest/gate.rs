@@ -197,6 +197,8 @@ impl Worker {
 
     fn run(mut self, waits: Receiver<Wait>) {
         let retry = std::time::Duration::from_millis(20);
+        let sweep_every = std::time::Duration::from_millis(250);
+        let mut swept = std::time::Instant::now();
         loop {
             select! {
                 recv(waits) -> m => {
@@ -210,6 +212,12 @@ impl Worker {
                     self.release(&p, r);
                 }
                 default(retry) => {}
+            }
+            if swept.elapsed() >= sweep_every {
+                swept = std::time::Instant::now();
+                if let Some(p) = self.pipeline.upgrade() {
+                    self.discard_killed(&p);
+                }
             }
             if !self.deferred.is_empty() {
                 let Some(p) = self.pipeline.upgrade() else {
@@ -252,7 +260,38 @@ impl Worker {
         self.deferred = still;
     }
 
+    /// Drops the held events of hosts whose connection was blocked or killed: they are not
+    /// processed, so their hosts resume from before them, and a blocked host's backlog stops
+    /// costing lookups and memory at once.
+    fn discard_killed(&mut self, p: &Pipeline) {
+        let mut discarded = 0u64;
+        self.queues.retain(|did, q| {
+            q.retain(|item| {
+                if !item.host.killed() {
+                    return true;
+                }
+                item.host.rewind_cursor();
+                p.gate().release(did, &item.host);
+                discarded += 1;
+                false
+            });
+            !q.is_empty()
+        });
+        // Deferred lookups of DIDs with nothing left to wait for are not needed any more.
+        let queues = &self.queues;
+        self.deferred.retain(|(did, _)| queues.contains_key(did));
+        if discarded > 0 {
+            metrics::counter!("rlay_gate_events_discarded_total").increment(discarded);
+        }
+    }
+
     fn hold(&mut self, p: &Pipeline, w: Wait) {
+        if w.item.host.killed() {
+            w.item.host.rewind_cursor();
+            p.gate().release(&w.did, &w.item.host);
+            metrics::counter!("rlay_gate_events_discarded_total").increment(1);
+            return;
+        }
         let q = self.queues.entry(w.did.clone()).or_default();
         let first = q.is_empty();
         let host = w.item.host.clone();
@@ -261,8 +300,9 @@ impl Worker {
         } else {
             q.push_back(w.item);
         }
-        // A DID with a queue already has its lookup under way (or deferred).
-        if first {
+        // A DID with a queue already has its lookup under way (or deferred); so may one whose
+        // queue was discarded, and its answer will serve this queue.
+        if first && !self.asked.contains_key(&w.did) {
             self.ask(p, w.did, host);
         }
     }

@@ -284,7 +284,7 @@ fn a_ping_flood_is_dropped_and_backs_off() {
 }
 
 #[test]
-fn a_flood_of_unknown_dids_from_one_host_does_not_delay_another_hosts_accounts() {
+fn a_flood_of_unknown_dids_from_one_host_delays_no_one_else_and_block_drops_it() {
     use rlay::proto::frame::{Event, IdentityEvent};
     let (sim, _dir, relay) = common::relay::crawled_network(2, 1, None, &[]);
     let b = format!("http://{}", relay.api_addr());
@@ -318,6 +318,13 @@ fn a_flood_of_unknown_dids_from_one_host_does_not_delay_another_hosts_accounts()
     assert!(started.elapsed() < Duration::from_secs(15));
     assert!(mark.delta("rlay_identity_lookups_deferred_total", &[""]) >= 1.0);
     assert!(healthy(&relay) < Duration::from_secs(1));
+    // Blocking the flooding host drops its backlog at once, instead of minutes of lookups.
+    assert!(!relay.is_idle(), "the flood's events are still waiting");
+    let flooder = &sim.hostnames()[0];
+    let a = admin_post(&b, &format!("/admin/pds/block?host={flooder}"), None);
+    assert_eq!(a.status, 200, "{}", a.text);
+    wait_until(5, "the blocked host's backlog discarded", || relay.is_idle());
+    assert!(mark.delta("rlay_gate_events_discarded_total", &[""]) >= 100.0);
     relay.shutdown();
 }
 
