@@ -31,9 +31,42 @@ pub struct Settings {
     /// PLC directory used to resolve did:plc.
     #[arg(long, env = "RELAY_PLC_HOST", default_value = "https://plc.directory", value_name = "URL")]
     plc_host: String,
-    /// Relay whose `listHosts` seeds the host list at start-up; empty for none.
+    /// Relay whose `listHosts` seeds the host list and is checked for new hosts every discovery interval; empty for none.
     #[arg(long, env = "RELAY_BOOTSTRAP_HOST", default_value = "https://bsky.network", value_name = "URL")]
     bootstrap_host: String,
+    /// Comma-separated relay URLs that get this relay's host changes, and whose hosts are discovered too.
+    #[arg(long, env = "RELAY_SIBLING_RELAYS", default_value = "", value_name = "URLS")]
+    sibling_relays: String,
+    /// How often the bootstrap relay's and siblings' `listHosts` are checked for hosts we lack.
+    #[arg(long, env = "RELAY_DISCOVERY_INTERVAL", default_value = "10m", value_name = "DURATION", value_parser = duration)]
+    discovery_interval: Duration,
+    /// Share of the hosts that should be connected below which the relay is not ready (after the grace period).
+    #[arg(long, env = "RELAY_MIN_COVERAGE", default_value = "0.9", value_name = "RATIO", value_parser = ratio)]
+    min_coverage: f64,
+    /// How long coverage must stay below the minimum before `/xrpc/_ready` says so (it clears after a fifth of it).
+    #[arg(long, env = "RELAY_COVERAGE_GRACE", default_value = "5m", value_name = "DURATION", value_parser = duration)]
+    coverage_grace: Duration,
+    /// Not ready when hosts are connected but no event was sequenced for this long.
+    #[arg(long, env = "RELAY_STALL_GRACE", default_value = "2m", value_name = "DURATION", value_parser = duration)]
+    stall_grace: Duration,
+    /// Slack-compatible incoming webhook (JSON `{"text": ...}`) for alerts; empty for none.
+    #[arg(long, env = "RELAY_ALERT_WEBHOOK_URL", default_value = "", value_name = "URL")]
+    alert_webhook_url: String,
+    /// How often alert conditions are checked.
+    #[arg(long, env = "RELAY_ALERT_CHECK_INTERVAL", default_value = "1m", value_name = "DURATION", value_parser = duration)]
+    alert_check_interval: Duration,
+    /// Share of its account limit at which a host is alerted on.
+    #[arg(long, env = "RELAY_ACCOUNT_LIMIT_ALERT_THRESHOLD", default_value = "0.8", value_name = "RATIO", value_parser = ratio)]
+    account_limit_alert_threshold: f64,
+    /// A host still over the threshold is alerted on again after this long.
+    #[arg(long, env = "RELAY_ACCOUNT_LIMIT_ALERT_REPEAT_INTERVAL", default_value = "6h", value_name = "DURATION", value_parser = duration)]
+    account_limit_alert_repeat_interval: Duration,
+    /// A host with at least this many accounts going offline is alerted on.
+    #[arg(long, env = "RELAY_OFFLINE_ALERT_ACCOUNTS", default_value = "1000", value_name = "N")]
+    offline_alert_accounts: i64,
+    /// Accounts per second per host fetched to make throttled accounts whole when they are let in.
+    #[arg(long, env = "RELAY_RESYNC_RATE", default_value = "5", value_name = "N", value_parser = ratio_positive)]
+    resync_rate: f64,
     /// Dev mode: allow `ws://`/`http://` and `localhost:PORT` upstreams, skip public-IP checks.
     #[arg(long, env = "RELAY_ALLOW_INSECURE_HOSTS", default_value = "false", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     allow_insecure_hosts: bool,
@@ -46,7 +79,7 @@ pub struct Settings {
     /// Comma-separated hosts (`*.suffix` or exact) given the trusted account limit.
     #[arg(long, env = "RELAY_TRUSTED_DOMAINS", default_value = "*.host.bsky.network", value_name = "LIST")]
     trusted_domains: String,
-    /// Accounts per untrusted host before new ones are `throttled` (deleted accounts do not count).
+    /// Accounts per untrusted host before new ones are `throttled` (deleted and throttled accounts do not count).
     #[arg(long, env = "RELAY_DEFAULT_ACCOUNT_LIMIT", default_value = "100", value_name = "N")]
     default_account_limit: i64,
     /// Account limit for trusted hosts.
@@ -173,6 +206,20 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).ok_or_else(|| "expected a duration like 72h, 30s, 5m or 500ms".to_owned())
 }
 
+fn ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err("expected a number from 0 to 1, like 0.9".to_owned()),
+    }
+}
+
+fn ratio_positive(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err("expected a number above 0".to_owned()),
+    }
+}
+
 fn list(s: &str) -> Vec<String> {
     s.split(',')
         .map(str::trim)
@@ -196,6 +243,11 @@ pub struct Config {
     pub(crate) admin_passwords: Vec<String>,
     pub(crate) plc_host: String,
     pub(crate) bootstrap_host: Option<String>,
+    pub(crate) sibling_relays: Vec<String>,
+    pub(crate) discovery_interval: Duration,
+    pub(crate) readiness: crate::coverage::readiness::Rules,
+    pub(crate) alerts: crate::alerts::AlertConfig,
+    pub(crate) resync_rate: f64,
     pub(crate) allow_insecure_hosts: bool,
     pub(crate) lenient_sync_validation: bool,
     pub(crate) optimistic_validation: bool,
@@ -232,6 +284,25 @@ impl Settings {
             admin_passwords: self.admin_password.as_deref().map(list).unwrap_or_default(),
             plc_host: self.plc_host.trim_end_matches('/').to_owned(),
             bootstrap_host: url(&self.bootstrap_host),
+            sibling_relays: list(&self.sibling_relays)
+                .iter()
+                .filter_map(|u| url(u))
+                .collect(),
+            discovery_interval: self.discovery_interval,
+            readiness: crate::coverage::readiness::Rules {
+                min_coverage: self.min_coverage,
+                grace: self.coverage_grace,
+                stall_grace: self.stall_grace,
+            },
+            alerts: crate::alerts::AlertConfig {
+                webhook_url: url(&self.alert_webhook_url),
+                every: self.alert_check_interval,
+                limit_threshold: self.account_limit_alert_threshold,
+                repeat: self.account_limit_alert_repeat_interval,
+                offline_accounts: self.offline_alert_accounts,
+                settle: self.coverage_grace,
+            },
+            resync_rate: self.resync_rate,
             allow_insecure_hosts: self.allow_insecure_hosts,
             lenient_sync_validation: self.lenient_sync_validation,
             optimistic_validation: self.optimistic_validation,

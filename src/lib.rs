@@ -6,8 +6,10 @@
 //! serve them; `http` and `telemetry` face operators and consumers; `relay` wires it all.
 //! See ARCHITECTURE.md for the threads and the rules between modules.
 
+pub mod alerts;
 pub mod cli;
 pub mod config;
+pub mod coverage;
 pub mod http;
 pub mod identity;
 pub mod index;

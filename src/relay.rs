@@ -1,19 +1,24 @@
 //! The whole relay, wired together: store, event stream, identity resolver, ingest pipeline,
 //! host connections, write-behind flusher, HTTP API and metrics.
 
+use crate::alerts::Alerts;
 use crate::config::Config;
+use crate::coverage::Coverage;
 use crate::http::auth::{AdminAuth, random_password};
 use crate::http::front::Front;
 use crate::http::routes::Ctx;
+use crate::http::siblings::Siblings;
 use crate::identity::{Fetch, HttpFetch, Resolver, ResolverConfig};
 use crate::index::CollectionIndex;
 use crate::index::backfill::BackfillConfig;
 use crate::ingest::accounts::{Accounts, SUSPENDED, TAKENDOWN};
 use crate::ingest::crawl::{CrawlConfig, Crawler};
 use crate::ingest::crawl_queue::CrawlQueue;
+use crate::ingest::discovery::{Discovery, DiscoveryConfig};
 use crate::ingest::flusher;
 use crate::ingest::hosts::{HostHandle, Hosts};
 use crate::ingest::pipeline::{Pipeline, PipelineConfig};
+use crate::ingest::resync::{Resync, ResyncConfig};
 use crate::ingest::upstream::{Upstream, UpstreamConfig};
 use crate::store::HostStatus;
 use crate::stream::firehose::{FirehoseConfig, Hub};
@@ -208,6 +213,49 @@ impl Relay {
             log::warn!("RELAY_ADMIN_PASSWORD is not set; this run's admin password is {pw}");
             passwords.push(pw);
         }
+        let resync = Arc::new(Resync::new(
+            ResyncConfig {
+                per_host_rate: cfg.resync_rate,
+                allow_insecure: cfg.allow_insecure_hosts,
+            },
+            hosts.clone(),
+            store.clone(),
+        ));
+        resync
+            .spawn(Arc::downgrade(&pipeline), shutdown.clone())
+            .map_err(|e| format!("cannot start the resync threads: {e}"))?;
+        pipeline.set_resync(resync.clone());
+        let sources: Vec<String> = cfg
+            .bootstrap_host
+            .iter()
+            .chain(&cfg.sibling_relays)
+            .cloned()
+            .collect();
+        let discovery = (!sources.is_empty()).then(|| {
+            Arc::new(Discovery::new(
+                crawler.clone(),
+                hosts.clone(),
+                DiscoveryConfig {
+                    sources,
+                    interval: cfg.discovery_interval,
+                    allow_insecure: cfg.allow_insecure_hosts,
+                },
+            ))
+        });
+        let alerts = Arc::new(Alerts::load(
+            cfg.alerts.clone(),
+            store.clone(),
+            hosts.clone(),
+            shutdown.clone(),
+        )?);
+        let coverage = Arc::new(Coverage::new(
+            hosts.clone(),
+            hub.clone(),
+            store.clone(),
+            discovery.clone(),
+            Some(alerts.clone()),
+            cfg.readiness.clone(),
+        ));
         let ctx = Ctx {
             store: store.clone(),
             hub: hub.clone(),
@@ -218,6 +266,12 @@ impl Relay {
                 .map_err(|e| format!("cannot start the crawl check threads: {e}"))?,
             index: index.clone(),
             admin: AdminAuth::new(&passwords),
+            coverage: coverage.clone(),
+            alerts,
+            discovery: discovery.clone(),
+            siblings: Siblings::start(&cfg.sibling_relays, shutdown.clone())
+                .map_err(|e| format!("cannot start the sibling forwarding threads: {e}"))?,
+            resync,
         };
         let listener = TcpListener::bind(&cfg.api_listen).map_err(|e| {
             format!(
@@ -253,33 +307,13 @@ impl Relay {
                 upstream.spawn(h);
             }
         }
-        if let Some(boot) = cfg.bootstrap_host.clone() {
-            let c = crawler.clone();
-            let stop = shutdown.clone();
-            std::thread::Builder::new()
-                .name("bootstrap".into())
-                .stack_size(2 << 20)
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        match c.bootstrap(&boot) {
-                            Ok(n) => {
-                                log::info!("bootstrap: {n} new host(s) from {boot}");
-                                return;
-                            }
-                            Err(e) => log::warn!(
-                                "bootstrap: listHosts from {boot} failed ({e}); retrying in 60s"
-                            ),
-                        }
-                        for _ in 0..600 {
-                            if stop.load(Ordering::Relaxed) {
-                                return;
-                            }
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                })
-                .map_err(|e| e.to_string())?;
+        if let Some(d) = &discovery {
+            d.spawn(shutdown.clone())
+                .map_err(|e| format!("cannot start the discovery thread: {e}"))?;
         }
+        coverage
+            .spawn(shutdown.clone())
+            .map_err(|e| format!("cannot start the coverage thread: {e}"))?;
         index.backfill.resume();
         crate::telemetry::gauges::spawn(
             crate::telemetry::gauges::Sources {

@@ -3,7 +3,7 @@
 
 use super::routes::Ctx;
 use super::server::{Req, Resp, internal, json_response, success, xrpc_error};
-use crate::ingest::accounts::{TAKENDOWN, THROTTLED};
+use crate::ingest::accounts::TAKENDOWN;
 use crate::proto::syntax::{is_normalized_did, is_valid_did, normalize_did};
 use crate::store::HostStatus;
 use serde_json::{Value, json};
@@ -141,6 +141,7 @@ pub(crate) fn list_hosts(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
             let count = live
                 .as_ref()
                 .map_or(row.account_count, |h| h.account_count());
+            let alerts = ctx.alerts.host_state(row.id);
             let rate = if connected {
                 json!({"Max": 0, "Window": 0})
             } else {
@@ -154,7 +155,8 @@ pub(crate) fn list_hosts(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
                 "HasActiveConnection": connected,
                 "EventsSeenSinceStartup": live.as_ref().map_or(0, |h| h.events_received()),
                 "PerSecondEventRate": rate, "PerHourEventRate": rate, "PerDayEventRate": rate,
-                "UserCount": count, "AccountLimitAlertsSilenced": false, "AccountLimitAlertState": "ok", "AccountLimitAlertSentAt": Value::Null,
+                "UserCount": count, "AccountLimitAlertsSilenced": alerts.silenced, "AccountLimitAlertState": alerts.limit_state,
+                "AccountLimitAlertSentAt": alerts.limit_sent_at.map(crate::logging::format_datetime_ms),
                 "Status": status.as_str(), "Trusted": row.trusted,
             }));
         }
@@ -211,7 +213,8 @@ pub(crate) fn consumers(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
 }
 
 /// `changeLimits`: a raised limit releases throttled accounts, oldest first, each with an
-/// `#account` event.
+/// `#account` event and then a `#sync` once it is made whole; `account_limit_alerts_silenced`
+/// silences (or un-silences) the host's account-limit alerts.
 pub(crate) fn change_limits(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
     let body = r.json()?;
     let hostname = body
@@ -222,6 +225,12 @@ pub(crate) fn change_limits(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
         .hosts
         .by_name(&hostname.to_ascii_lowercase())
         .ok_or_else(|| xrpc_error(404, "HostNotFound", &format!("{hostname} is not known")))?;
+    if let Some(on) = body
+        .get("account_limit_alerts_silenced")
+        .and_then(Value::as_bool)
+    {
+        ctx.alerts.silence(h.id(), on).map_err(internal)?;
+    }
     let Some(limit) = body.get("repo_limit").and_then(Value::as_i64) else {
         return Ok(success());
     };
@@ -235,39 +244,10 @@ pub(crate) fn change_limits(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
     if limit <= old {
         return Ok(success());
     }
-    let room = limit.saturating_sub(old);
-    // Throttled accounts, oldest first: the store's, plus any not yet flushed.
-    let mut candidates: Vec<(i64, String)> = ctx
+    let released = ctx
         .pipeline
-        .accounts()
-        .find_in_memory(|a| a.host_id == h.id() && a.local == THROTTLED)
-        .into_iter()
-        .map(|a| (a.uid, a.did))
-        .collect();
-    let mut after = 0;
-    loop {
-        let rows = ctx
-            .store
-            .list_accounts_by_status(THROTTLED, Some(h.id()), after, 1000)
-            .map_err(internal)?;
-        let Some(l) = rows.last() else { break };
-        after = l.uid;
-        candidates.extend(rows.into_iter().map(|r| (r.uid, r.did)));
-        if candidates.len() as i64 >= room.saturating_add(1000) {
-            break;
-        }
-    }
-    candidates.sort();
-    candidates.dedup();
-    let mut released = 0;
-    for (_, did) in candidates {
-        if released >= room {
-            break;
-        }
-        if ctx.pipeline.unthrottle(&did) {
-            released += 1;
-        }
-    }
+        .release_throttled(&h, limit.saturating_sub(h.account_count()), &*ctx.store)
+        .map_err(internal)?;
     log::info!(
         "admin: {hostname} account limit {old} -> {limit}; released {released} throttled account(s)"
     );

@@ -8,4 +8,6 @@ pub mod head;
 pub mod limits;
 pub mod routes;
 pub mod server;
+pub mod siblings;
+mod status;
 mod sync;

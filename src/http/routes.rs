@@ -4,13 +4,18 @@
 
 use super::auth::AdminAuth;
 use super::server::{Req, Resp, json_response, with_header, xrpc_error};
-use super::{admin, sync};
+use super::siblings::Siblings;
+use super::{admin, status, sync};
+use crate::alerts::Alerts;
+use crate::coverage::Coverage;
 use crate::index::CollectionIndex;
 use crate::index::routes as index;
 use crate::ingest::crawl::Crawler;
 use crate::ingest::crawl_queue::CrawlQueue;
+use crate::ingest::discovery::Discovery;
 use crate::ingest::hosts::Hosts;
 use crate::ingest::pipeline::Pipeline;
+use crate::ingest::resync::Resync;
 use crate::store::Store;
 use crate::stream::firehose::Hub;
 use serde_json::json;
@@ -27,6 +32,11 @@ pub(crate) struct Ctx {
     pub(crate) crawl_queue: CrawlQueue,
     pub(crate) index: Arc<CollectionIndex>,
     pub(crate) admin: AdminAuth,
+    pub(crate) coverage: Arc<Coverage>,
+    pub(crate) alerts: Arc<Alerts>,
+    pub(crate) discovery: Option<Arc<Discovery>>,
+    pub(crate) siblings: Siblings,
+    pub(crate) resync: Arc<Resync>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +98,8 @@ pub static ROUTES: &[Route] = &[
     route(Get, "/", Public, sync::banner),
     route(Get, "/_health", Public, sync::health),
     route(Get, "/xrpc/_health", Public, sync::health),
+    route(Get, "/xrpc/_ready", Public, status::ready),
+    route(Get, "/status", Public, status::status),
     route(Get, "/xrpc/com.atproto.sync.subscribeRepos", WebSocket, sync::upgrade_required),
     route(Get, "/xrpc/com.atproto.sync.listRepos", Public, sync::list_repos),
     route(Get, "/xrpc/com.atproto.sync.getRepoStatus", Public, sync::get_repo_status),
@@ -116,9 +128,28 @@ pub static ROUTES: &[Route] = &[
     route(Post, "/admin/pds/block", Admin, admin::block),
     route(Post, "/admin/pds/unblock", Admin, admin::unblock),
     route(Get, "/admin/consumers/list", Admin, admin::consumers),
+    route(Get, "/admin/alerts/list", Admin, status::alerts_list),
+    route(Post, "/admin/alerts/silence", Admin, status::alerts_silence),
+    route(Get, "/admin/discovery/status", Admin, status::discovery_status),
+    route(Post, "/admin/discovery/run", Admin, status::discovery_run),
     route(Get, "/admin/collections/list", Admin, index::list_collections),
     route(Get, "/admin/collections/backfill", Admin, index::backfill_status),
     route(Post, "/admin/collections/backfill", Admin, index::backfill_trigger),
+];
+
+/// Routes whose successful changes are re-sent to sibling relays (indigo's list, plus silencing).
+pub static FORWARDED: &[&str] = &[
+    "/xrpc/com.atproto.sync.requestCrawl",
+    "/admin/subs/killUpstream",
+    "/admin/subs/banDomain",
+    "/admin/subs/unbanDomain",
+    "/admin/repo/takeDown",
+    "/admin/repo/reverseTakedown",
+    "/admin/pds/requestCrawl",
+    "/admin/pds/changeLimits",
+    "/admin/pds/block",
+    "/admin/pds/unblock",
+    "/admin/alerts/silence",
 ];
 
 /// The route template used as a metrics label (bounded cardinality: table paths or "other").
@@ -202,9 +233,30 @@ pub(crate) fn dispatch(ctx: Option<&Ctx>, r: &Req) -> (&'static str, Resp) {
         return (label, resp);
     };
     let resp = match ctx {
-        Some(c) => (route.handler)(c, r).unwrap_or_else(|e| e),
+        Some(c) => {
+            let resp = (route.handler)(c, r).unwrap_or_else(|e| e);
+            if resp.status_code().0 < 300 && FORWARDED.contains(&route.path) {
+                c.siblings.forward(r);
+            }
+            resp
+        }
         None if route.path == "/" => sync::banner_text(),
         None => xrpc_error(404, "NotFound", "no such route"),
     };
     (label, resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_routes_are_changes_in_the_table() {
+        for p in FORWARDED {
+            assert!(
+                ROUTES.iter().any(|r| r.path == *p && r.verb == Verb::Post),
+                "{p} is forwarded but is not a POST route"
+            );
+        }
+    }
 }

@@ -61,6 +61,10 @@ pub struct Req {
     pub(crate) body: Vec<u8>,
     pub(crate) authorization: Option<String>,
     pub(crate) remote: Option<SocketAddr>,
+    /// Accept, User-Agent and Content-Type as sent (what sibling forwarding copies).
+    pub(crate) passed_on: Vec<(String, String)>,
+    /// `Via` or `User-Agent` names `atproto-relay`: the request came from a relay.
+    pub(crate) via_relay: bool,
 }
 
 fn invalid(message: &str) -> Resp {
@@ -68,6 +72,14 @@ fn invalid(message: &str) -> Resp {
 }
 
 impl Req {
+    pub(crate) fn came_from_relay(&self) -> bool {
+        self.via_relay
+    }
+
+    pub(crate) fn forwardable_headers(&self) -> &[(String, String)] {
+        &self.passed_on
+    }
+
     pub fn param(&self, k: &str) -> Option<&str> {
         self.query
             .iter()
@@ -181,6 +193,20 @@ impl Api {
                 .find(|h| h.field.equiv("Authorization"))
                 .map(|h| h.value.as_str().to_owned()),
             remote: self.peers.lookup(req.remote_addr().copied()),
+            passed_on: req
+                .headers()
+                .iter()
+                .filter(|h| {
+                    ["Accept", "User-Agent", "Content-Type"]
+                        .iter()
+                        .any(|n| h.field.equiv(n))
+                })
+                .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_owned()))
+                .collect(),
+            via_relay: req.headers().iter().any(|h| {
+                (h.field.equiv("Via") || h.field.equiv("User-Agent"))
+                    && h.value.as_str().contains(super::siblings::RELAY_MARK)
+            }),
         };
         let (label, resp) = crate::util::isolate::isolate(
             "api-worker",

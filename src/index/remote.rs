@@ -15,19 +15,6 @@ pub fn agent() -> ureq::Agent {
     crate::util::net::http_agent(true, Duration::from_secs(60))
 }
 
-/// The query string value, percent-encoded (cursors are opaque and may hold any byte).
-pub fn encode_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Fetches one page of `collection` from `base` (`https://host`).
 pub fn fetch_page(
     agent: &ureq::Agent,
@@ -38,11 +25,11 @@ pub fn fetch_page(
 ) -> Result<RemotePage, String> {
     let mut url = format!(
         "{base}/xrpc/com.atproto.sync.listReposByCollection?collection={}&limit={limit}",
-        encode_component(collection)
+        crate::util::percent_encode(collection)
     );
     if let Some(c) = cursor {
         url.push_str("&cursor=");
-        url.push_str(&encode_component(c));
+        url.push_str(&crate::util::percent_encode(c));
     }
     let mut r = agent
         .get(&url)

@@ -1,5 +1,5 @@
-//! Admitting hosts: `requestCrawl` (public and admin), domain bans, the bootstrap from another
-//! relay's `listHosts`, and blocking/unblocking.
+//! Admitting hosts: `requestCrawl` (public and admin, and discovery's), domain bans, and
+//! blocking/unblocking.
 
 use super::hosts::{HostHandle, Hosts};
 use super::upstream::Upstream;
@@ -402,54 +402,13 @@ impl Crawler {
         Ok(true)
     }
 
-    /// Pages another relay's `listHosts` and subscribes to every active host we do not know.
-    pub fn bootstrap(&self, relay: &str) -> Result<usize, String> {
-        let mut cursor: Option<String> = None;
-        let mut added = 0;
-        loop {
-            let mut url = format!(
-                "{}/xrpc/com.atproto.sync.listHosts?limit=1000",
-                relay.trim_end_matches('/')
-            );
-            if let Some(c) = &cursor {
-                url.push_str(&format!("&cursor={c}"));
-            }
-            let agent = crate::util::net::http_agent(true, Duration::from_secs(30));
-            let mut r = agent.get(&url).call().map_err(|e| format!("{url}: {e}"))?;
-            if !r.status().is_success() {
-                return Err(format!("{url}: HTTP {}", r.status()));
-            }
-            let body: serde_json::Value = r
-                .body_mut()
-                .with_config()
-                .limit(16 << 20)
-                .read_json()
-                .map_err(|e| format!("{url}: {e}"))?;
-            let hosts = body["hosts"].as_array().cloned().unwrap_or_default();
-            for h in &hosts {
-                let Some(name) = h["hostname"].as_str() else {
-                    continue;
-                };
-                let status = h["status"].as_str().unwrap_or("active");
-                if !matches!(status, "active" | "idle") {
-                    continue;
-                }
-                let Ok((hostname, no_tls)) = parse_hostname(name, false, self.cfg.allow_insecure)
-                else {
-                    continue;
-                };
-                if self.hosts.by_name(&hostname).is_some() || self.is_banned_domain(&hostname) {
-                    continue;
-                }
-                if self.add_host(&hostname, no_tls).is_ok() {
-                    added += 1;
-                }
-            }
-            cursor = body["cursor"].as_str().map(str::to_owned);
-            if cursor.is_none() || hosts.is_empty() {
-                return Ok(added);
-            }
+    /// Probes a known host now: wakes its connection thread from its backoff, or starts one.
+    pub fn revive(&self, h: &Arc<HostHandle>) {
+        if h.status() == HostStatus::Banned {
+            return;
         }
+        h.wake();
+        self.upstream.spawn(h.clone());
     }
 }
 

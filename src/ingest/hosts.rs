@@ -46,6 +46,11 @@ pub struct HostHandle {
     /// Events of this host held in the identity gate, and identity lookups they have asked for.
     held: AtomicI64,
     lookups: AtomicI64,
+    /// When the current (or last) connection was made, unix ms; 0: never.
+    connected_at_ms: AtomicI64,
+    /// Cut short the connection thread's wait before its next attempt (discovery saw the host
+    /// active elsewhere).
+    wake: AtomicBool,
 }
 
 impl HostHandle {
@@ -81,6 +86,8 @@ impl HostHandle {
             last_message_ms: AtomicI64::new(0),
             held: AtomicI64::new(0),
             lookups: AtomicI64::new(0),
+            connected_at_ms: AtomicI64::new(0),
+            wake: AtomicBool::new(false),
         }
     }
 
@@ -125,7 +132,26 @@ impl HostHandle {
     }
 
     pub(crate) fn set_connected(&self, on: bool) {
+        if on {
+            self.connected_at_ms
+                .store(crate::util::now_ms(), Ordering::Relaxed);
+        }
         self.connected.store(on, Ordering::SeqCst);
+    }
+
+    /// When the current (or last) connection was made, unix ms; 0 if never.
+    pub fn connected_at_ms(&self) -> i64 {
+        self.connected_at_ms.load(Ordering::Relaxed)
+    }
+
+    /// Asks the connection thread to try again now rather than after its backoff.
+    pub(crate) fn wake(&self) {
+        self.wake.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a wake-up was asked for (and clears it).
+    pub(crate) fn take_wake(&self) -> bool {
+        self.wake.swap(false, Ordering::Relaxed)
     }
 
     /// A connection thread exists for this host (connected or backing off).

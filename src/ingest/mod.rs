@@ -3,10 +3,12 @@
 pub mod accounts;
 pub mod crawl;
 pub mod crawl_queue;
+pub mod discovery;
 pub mod flusher;
 pub mod gate;
 pub mod hosts;
 pub mod pipeline;
 mod rate;
+pub mod resync;
 pub mod upstream;
 mod watchdog;

@@ -278,9 +278,10 @@ impl Upstream {
         self.shutdown.load(Ordering::Relaxed) || host.killed()
     }
 
+    /// Waits before the next attempt; a wake-up (`HostHandle::wake`) or a stop ends it early.
     fn sleep(&self, host: &HostHandle, d: Duration) {
         let until = Instant::now() + d;
-        while Instant::now() < until && !self.stopping(host) {
+        while Instant::now() < until && !self.stopping(host) && !host.take_wake() {
             std::thread::sleep(Duration::from_millis(100).min(d));
         }
     }

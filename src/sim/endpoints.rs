@@ -8,6 +8,10 @@ impl World {
     pub(super) fn handle_host(&self, h: usize, mut s: TcpStream, head: crate::http::head::Head) {
         use server::{respond, respond_json, xrpc_error};
         let host = &self.hosts[h];
+        if host.is_down() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+            return;
+        }
         let path = head.path().to_owned();
         if path == "/xrpc/com.atproto.sync.subscribeRepos" {
             let Some(key) = head.header("sec-websocket-key") else {
@@ -88,6 +92,33 @@ impl World {
                     }
                 }
             }
+            "/xrpc/com.atproto.sync.getBlocks" => match on_host() {
+                None => xrpc_error(&mut s, 404, "RepoNotFound", &format!("no repo for {did}")),
+                Some(a) => {
+                    // One CID is all a relay asks for (the commit); repeated `cids` are not read.
+                    let cids: Vec<crate::proto::cid::Cid> = head
+                        .query("cids")
+                        .and_then(|c| c.parse().ok())
+                        .into_iter()
+                        .collect();
+                    let a = lock(&a);
+                    let blocks: Vec<(crate::proto::cid::Cid, &[u8])> = cids
+                        .iter()
+                        .filter_map(|c| a.repo.block(c).map(|b| (*c, b)))
+                        .collect();
+                    if blocks.len() < cids.len() || cids.is_empty() {
+                        return xrpc_error(
+                            &mut s,
+                            400,
+                            "BlockNotFound",
+                            "a block is not in the repo",
+                        );
+                    }
+                    let car = crate::proto::car::write_car(&[], blocks);
+                    drop(a);
+                    respond(&mut s, 200, "application/vnd.ipld.car", &car);
+                }
+            },
             "/xrpc/com.atproto.sync.listRepos" => {
                 let limit = head
                     .query("limit")

@@ -39,6 +39,8 @@ pub struct Host {
     /// Events generated on this host, for pacing event-level faults.
     pub(crate) generated: AtomicU64,
     pub(crate) shutdown: AtomicBool,
+    /// Down: every request is cut off unanswered and subscribers are disconnected.
+    down: AtomicBool,
     pub(crate) subscribers: AtomicU64,
 }
 
@@ -62,12 +64,23 @@ impl Host {
             fault: Mutex::new(None),
             generated: AtomicU64::new(0),
             shutdown: AtomicBool::new(false),
+            down: AtomicBool::new(false),
             subscribers: AtomicU64::new(0),
         }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.hostname)
+    }
+
+    /// Takes the host down (a crashed PDS: connections are cut, requests unanswered) or up.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        self.cv.notify_all();
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::SeqCst)
     }
 
     pub fn set_fault(&self, f: Option<(FaultKind, u64)>) {
@@ -172,7 +185,10 @@ impl Host {
             let batch: Vec<Bytes> = {
                 let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
                 loop {
-                    if log.generation != generation || self.shutdown.load(Ordering::Relaxed) {
+                    if log.generation != generation
+                        || self.shutdown.load(Ordering::Relaxed)
+                        || self.is_down()
+                    {
                         drop(log);
                         let _ = ws.get_mut().shutdown(Shutdown::Both);
                         return;

@@ -281,6 +281,11 @@ impl Repo {
         Some(())
     }
 
+    /// A block of the repository by CID (`getBlocks`).
+    pub fn block(&self, cid: &Cid) -> Option<&[u8]> {
+        self.blocks.get(cid).map(Vec::as_slice)
+    }
+
     /// The whole repository as a CAR (commit, every MST node, every record).
     pub fn export_car(&self) -> Vec<u8> {
         let Some((head, _)) = &self.head else {

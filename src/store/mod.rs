@@ -150,6 +150,30 @@ impl Batch {
     }
 }
 
+/// A host's alert state (`alerts`): kept so that a restart does not alert again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAlertRow {
+    pub host_id: i64,
+    /// The operator silenced its account-limit alerts.
+    pub silenced: bool,
+    /// `ok` or `warning` (an account-limit alert was sent and still holds).
+    pub limit_state: String,
+    pub limit_sent_at: Option<i64>,
+    pub offline_sent_at: Option<i64>,
+}
+
+impl HostAlertRow {
+    pub fn new(host_id: i64) -> HostAlertRow {
+        HostAlertRow {
+            host_id,
+            silenced: false,
+            limit_state: "ok".to_owned(),
+            limit_sent_at: None,
+            offline_sent_at: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackfillRow {
     pub(crate) collection: String,
@@ -210,6 +234,10 @@ pub trait Store: Send + Sync {
     fn ban_domain(&self, domain: &str) -> Result<()>;
     /// Returns whether a ban was removed.
     fn unban_domain(&self, domain: &str) -> Result<bool>;
+
+    /// Every host's stored alert state (hosts never alerted on have none).
+    fn host_alerts(&self) -> Result<Vec<HostAlertRow>>;
+    fn set_host_alert(&self, row: &HostAlertRow) -> Result<()>;
 
     fn backfill_get(&self, collection: &str) -> Result<Option<BackfillRow>>;
     fn backfill_list(&self) -> Result<Vec<BackfillRow>>;

@@ -4,8 +4,8 @@
 use super::pool::Pool;
 use super::sql::{self, numbered};
 use super::{
-    AccountRow, BackfillRow, BackfillTotals, Batch, HostRow, HostStatus, NewHost, Result, Store,
-    StoreError, redact_url,
+    AccountRow, BackfillRow, BackfillTotals, Batch, HostAlertRow, HostRow, HostStatus, NewHost,
+    Result, Store, StoreError, redact_url,
 };
 use crate::util::now_ms;
 use postgres::{Client, Row};
@@ -16,6 +16,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "relay_meta",
         include_str!("../../sql/postgres/0002_relay_meta.sql"),
+    ),
+    (
+        3,
+        "host_alerts",
+        include_str!("../../sql/postgres/0003_host_alerts.sql"),
     ),
 ];
 
@@ -340,6 +345,32 @@ impl Store for PgStore {
 
     fn unban_domain(&self, domain: &str) -> Result<bool> {
         Ok(self.exec(sql::UNBAN_DOMAIN, &[&domain])? > 0)
+    }
+
+    fn host_alerts(&self) -> Result<Vec<HostAlertRow>> {
+        self.query(sql::HOST_ALERTS, &[], |r| {
+            Ok(HostAlertRow {
+                host_id: r.try_get(0)?,
+                silenced: r.try_get(1)?,
+                limit_state: r.try_get(2)?,
+                limit_sent_at: r.try_get(3)?,
+                offline_sent_at: r.try_get(4)?,
+            })
+        })
+    }
+
+    fn set_host_alert(&self, a: &HostAlertRow) -> Result<()> {
+        self.exec(
+            sql::SET_HOST_ALERT,
+            &[
+                &a.host_id,
+                &a.silenced,
+                &a.limit_state,
+                &a.limit_sent_at,
+                &a.offline_sent_at,
+            ],
+        )
+        .map(|_| ())
     }
 
     fn backfill_get(&self, collection: &str) -> Result<Option<BackfillRow>> {

@@ -29,6 +29,13 @@ pub const UPSERT_ACCOUNT_SET: &str = "ON CONFLICT (uid) DO UPDATE SET did = excl
 pub const GET_META: &str = "SELECT value FROM relay_meta WHERE key = ?";
 pub const SET_META: &str = "INSERT INTO relay_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
+pub const HOST_ALERTS: &str = "SELECT host_id, silenced, limit_state, limit_sent_at, offline_sent_at FROM host_alert ORDER BY host_id";
+pub const SET_HOST_ALERT: &str =
+    "INSERT INTO host_alert (host_id, silenced, limit_state, limit_sent_at, offline_sent_at)
+    VALUES (?, ?, ?, ?, ?) ON CONFLICT (host_id) DO UPDATE SET silenced = excluded.silenced,
+    limit_state = excluded.limit_state, limit_sent_at = excluded.limit_sent_at,
+    offline_sent_at = excluded.offline_sent_at";
+
 pub const DOMAIN_BANS: &str = "SELECT domain FROM domain_ban ORDER BY domain";
 pub const BAN_DOMAIN: &str =
     "INSERT INTO domain_ban (domain, created_at) VALUES (?, ?) ON CONFLICT (domain) DO NOTHING";

@@ -4,8 +4,8 @@
 use super::pool::Pool;
 use super::sql;
 use super::{
-    AccountRow, BackfillRow, BackfillTotals, Batch, HostRow, HostStatus, NewHost, Result, Store,
-    StoreError,
+    AccountRow, BackfillRow, BackfillTotals, Batch, HostAlertRow, HostRow, HostStatus, NewHost,
+    Result, Store, StoreError,
 };
 use crate::util::now_ms;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
@@ -18,6 +18,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "relay_meta",
         include_str!("../../sql/sqlite/0002_relay_meta.sql"),
+    ),
+    (
+        3,
+        "host_alerts",
+        include_str!("../../sql/sqlite/0003_host_alerts.sql"),
     ),
 ];
 
@@ -300,6 +305,32 @@ impl Store for SqliteStore {
 
     fn unban_domain(&self, domain: &str) -> Result<bool> {
         Ok(self.exec(sql::UNBAN_DOMAIN, [domain])? > 0)
+    }
+
+    fn host_alerts(&self) -> Result<Vec<HostAlertRow>> {
+        self.rows(sql::HOST_ALERTS, [], |r| {
+            Ok(HostAlertRow {
+                host_id: r.get(0)?,
+                silenced: r.get(1)?,
+                limit_state: r.get(2)?,
+                limit_sent_at: r.get(3)?,
+                offline_sent_at: r.get(4)?,
+            })
+        })
+    }
+
+    fn set_host_alert(&self, a: &HostAlertRow) -> Result<()> {
+        self.exec(
+            sql::SET_HOST_ALERT,
+            params![
+                a.host_id,
+                a.silenced,
+                a.limit_state,
+                a.limit_sent_at,
+                a.offline_sent_at
+            ],
+        )
+        .map(|_| ())
     }
 
     fn backfill_get(&self, collection: &str) -> Result<Option<BackfillRow>> {

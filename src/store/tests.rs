@@ -7,7 +7,7 @@
 mod pg;
 
 use crate::store::{
-    AccountRow, BackfillRow, Batch, HostStatus, NewHost, PgStore, SqliteStore, Store,
+    AccountRow, BackfillRow, Batch, HostAlertRow, HostStatus, NewHost, PgStore, SqliteStore, Store,
 };
 use std::sync::Arc;
 
@@ -68,7 +68,7 @@ fn account(uid: i64, host_id: i64) -> AccountRow {
 fn migrations(s: &dyn Store) {
     assert_eq!(
         s.migrate().expect("first migrate"),
-        2,
+        3,
         "applies every migration on an empty database"
     );
     assert_eq!(
@@ -307,6 +307,25 @@ fn domain_bans(s: &dyn Store) {
     );
 }
 both!(domain_bans);
+
+fn host_alerts(s: &dyn Store) {
+    s.migrate().expect("migrate");
+    assert!(s.host_alerts().expect("list").is_empty());
+    let mut a = HostAlertRow::new(7);
+    a.limit_state = "warning".into();
+    a.limit_sent_at = Some(1_700_000_000_000);
+    s.set_host_alert(&a).expect("insert");
+    let mut b = HostAlertRow::new(3);
+    b.silenced = true;
+    b.offline_sent_at = Some(5);
+    s.set_host_alert(&b).expect("insert");
+    assert_eq!(s.host_alerts().expect("list"), vec![b.clone(), a.clone()]);
+    a.limit_state = "ok".into();
+    a.limit_sent_at = None;
+    s.set_host_alert(&a).expect("update");
+    assert_eq!(s.host_alerts().expect("list"), vec![b, a]);
+}
+both!(host_alerts);
 
 fn backfill_progress(s: &dyn Store) {
     s.migrate().expect("migrate");

@@ -27,6 +27,19 @@ pub fn did_hash(did: &str) -> u64 {
     h
 }
 
+/// Encodes a query component: everything but RFC 3986's unreserved characters as `%XX`.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Decodes `%XX` and `+` in a query component (invalid escapes are kept literally).
 pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();

@@ -2,6 +2,7 @@
 // commits: it checks every signature and MST proof itself, with keys from the given PLC directory)
 // and prints one JSON line: event counts, counts for the DIDs in $DIDS, and errors.
 // Exit status 1 when any event failed verification or nothing arrived.
+// START=live: no saved cursor, as a fresh consumer starts (the client then sends `?cursor=`).
 const { Firehose, MemoryRunner } = require('@atproto/sync');
 const { IdResolver } = require('@atproto/identity');
 
@@ -15,7 +16,7 @@ const bump = (m, k) => { m[k] = (m[k] || 0) + 1; };
 const firehose = new Firehose({
   idResolver: new IdResolver({ plcUrl }),
   service,
-  runner: new MemoryRunner({ startCursor: 0 }),
+  runner: new MemoryRunner(process.env.START === 'live' ? {} : { startCursor: 0 }),
   unauthenticatedCommits: false,
   // Simulated and .test handles have no DNS or well-known record to check.
   unauthenticatedHandles: true,

@@ -68,5 +68,29 @@ node -e '
   if (diff.length) { console.error("PDS events differ through the relay:", diff.join(", ")); process.exit(1); }
   console.log("reference PDS events through the relay match its own firehose");
 ' "$work/relay.json" "$work/pds.json" || status=1
+# A fresh consumer with no saved cursor (it sends an empty `?cursor=`) reads the live stream.
+START=live node check.js ws://127.0.0.1:3000 http://127.0.0.1:2582 10 > "$work/live.json" || status=1
+cat "$work/live.json"
+
+# Throttled accounts made whole: a relay with an account limit of 1 on one simulated host of three
+# accounts drops the throttled accounts' commits; raising the limit emits a #sync for each, which
+# the verifying consumer must accept.
+RELAY_ALLOW_INSECURE_HOSTS=true RELAY_BOOTSTRAP_HOST= RELAY_TRUSTED_DOMAINS= RELAY_DEFAULT_ACCOUNT_LIMIT=1 \
+  RELAY_PLC_HOST=http://127.0.0.1:2592 RELAY_ADMIN_PASSWORD=external RELAY_DATA_DIR="$work/relay2" \
+  RELAY_API_LISTEN=127.0.0.1:3010 RELAY_METRICS_LISTEN= "$bin" serve > "$work/relay2.log" 2>&1 & pids+=($!)
+for _ in $(seq 30); do curl -sf localhost:3010/xrpc/_health > /dev/null && break; sleep 1; done
+"$bin" sim --hosts 1 --accounts-per-host 3 --rate 10 --plc-listen 127.0.0.1:2592 --first-port 2700 \
+  --crawl http://127.0.0.1:3010 --admin-password external > "$work/sim2.log" 2>&1 & pids+=($!)
+sleep 10
+curl -sf -u admin:external -d '{"host":"localhost:2700","repo_limit":10}' localhost:3010/admin/pds/changeLimits > /dev/null
+sleep 5
+node check.js ws://127.0.0.1:3010 http://127.0.0.1:2592 10 > "$work/throttled.json" || status=1
+cat "$work/throttled.json"
+node -e '
+  const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+  if ((r.counts.sync || 0) < 2) { console.error("expected a #sync for each of the 2 throttled accounts"); process.exit(1); }
+  console.log("throttled accounts made whole: " + r.counts.sync + " #sync accepted by @atproto/sync");
+' "$work/throttled.json" || status=1
+
 [ "$status" = 0 ] && echo "external check: ok" || echo "external check: FAILED (logs in $work)"
 exit "$status"

@@ -323,7 +323,9 @@ fn a_flood_of_unknown_dids_from_one_host_delays_no_one_else_and_block_drops_it()
     let flooder = &sim.hostnames()[0];
     let a = admin_post(&b, &format!("/admin/pds/block?host={flooder}"), None);
     assert_eq!(a.status, 200, "{}", a.text);
-    wait_until(5, "the blocked host's backlog discarded", || relay.is_idle());
+    wait_until(5, "the blocked host's backlog discarded", || {
+        relay.is_idle()
+    });
     assert!(mark.delta("rlay_gate_events_discarded_total", &[""]) >= 100.0);
     relay.shutdown();
 }

@@ -8,6 +8,7 @@ mod procstat;
 
 mod api;
 mod cli;
+mod coverage;
 mod db_outage;
 mod disk_full;
 mod docs;

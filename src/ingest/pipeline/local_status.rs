@@ -25,16 +25,35 @@ impl Pipeline {
         ok
     }
 
-    /// Lifts a host-limit throttle from an account, emitting its new status.
+    /// Lifts a host-limit throttle from an account, emitting its new status, and queues it to
+    /// be made whole (its commits while throttled never went out).
     pub fn unthrottle(&self, did: &str) -> bool {
-        self.set_local_status(did, ACTIVE, |current| current == THROTTLED)
+        let mut host_id = None;
+        let ok = self.set_local_status(did, ACTIVE, |a| {
+            host_id = Some(a.host_id);
+            a.local == THROTTLED
+        });
+        if let (true, Some(h)) = (ok, host_id) {
+            if let Some(host) = self.hosts.get(h) {
+                host.add_accounts(1);
+            }
+            if let Some(r) = self.resync.get() {
+                r.account(h, did);
+            }
+        }
+        ok
     }
 
-    /// Sets the relay's own status of a known account whose current one passes `from`, and
-    /// emits `#account` with the combined status, under the account's lock.
-    fn set_local_status(&self, did: &str, to: &str, from: impl Fn(&str) -> bool) -> bool {
+    /// Sets the relay's own status of a known account that passes `from`, and emits
+    /// `#account` with the combined status, under the account's lock.
+    fn set_local_status(
+        &self,
+        did: &str,
+        to: &str,
+        mut from: impl FnMut(&crate::ingest::accounts::Account) -> bool,
+    ) -> bool {
         let r = self.accounts.with(did, |slot| {
-            let Some(a) = slot.account.as_mut().filter(|a| from(&a.local)) else {
+            let Some(a) = slot.account.as_mut().filter(|a| from(a)) else {
                 return false;
             };
             a.local = to.to_owned();

@@ -14,6 +14,7 @@
 //! flusher never sees state whose event has not reached the sequencer.
 
 mod local_status;
+mod make_whole;
 mod recovery;
 mod store_wait;
 
@@ -89,6 +90,8 @@ pub struct Pipeline {
     cfg: PipelineConfig,
     observer: Option<Arc<dyn Observer>>,
     store_wait: StoreWait,
+    /// Makes accounts whole when they leave `throttled` (set once at start-up).
+    resync: std::sync::OnceLock<Arc<crate::ingest::resync::Resync>>,
 }
 
 /// What became of an event handed to `process`.
@@ -164,6 +167,7 @@ impl Pipeline {
             cfg,
             observer,
             store_wait: StoreWait::default(),
+            resync: std::sync::OnceLock::new(),
         });
         workers.spawn(Arc::downgrade(&p))?;
         Ok(p)
@@ -171,6 +175,11 @@ impl Pipeline {
 
     pub fn accounts(&self) -> &Accounts {
         &self.accounts
+    }
+
+    /// Where accounts leaving `throttled` are queued to be made whole.
+    pub fn set_resync(&self, r: Arc<crate::ingest::resync::Resync>) {
+        let _ = self.resync.set(r);
     }
 
     pub fn resolver(&self) -> &Arc<Resolver> {
@@ -319,12 +328,13 @@ impl Pipeline {
         did: &str,
     ) -> &'s mut Account {
         let acct = slot.account.get_or_insert_with(|| {
+            // A host's count is the accounts it has let in: throttled ones wait outside it.
             let local = if host.has_capacity() {
+                host.add_accounts(1);
                 ACTIVE
             } else {
                 THROTTLED
             };
-            host.add_accounts(1);
             metrics::counter!("relay_new_users_discovered").increment(1);
             slot.dirty = true;
             let mut rec = self
@@ -349,10 +359,12 @@ impl Pipeline {
                 "ingest: {did} migrated to {} (verified against its DID document)",
                 host.hostname()
             );
-            if let Some(old) = self.hosts.get(acct.host_id) {
-                old.add_accounts(-1);
+            if acct.local != THROTTLED {
+                if let Some(old) = self.hosts.get(acct.host_id) {
+                    old.add_accounts(-1);
+                }
+                host.add_accounts(1);
             }
-            host.add_accounts(1);
             acct.host_id = host.id();
             slot.dirty = true;
             metrics::counter!("rlay_account_migrations_total").increment(1);
@@ -445,6 +457,7 @@ impl Pipeline {
                         // A deleted account no longer counts against its host's limit (indigo
                         // counts it forever, so busy hosts need manual limit raises).
                         let delta = match (a.upstream == "deleted", deleted) {
+                            _ if a.local == THROTTLED => 0,
                             (false, true) => -1,
                             (true, false) => 1,
                             _ => 0,
@@ -453,6 +466,14 @@ impl Pipeline {
                             && let Some(h) = self.hosts.get(a.host_id)
                         {
                             h.add_accounts(delta);
+                            // A deletion on a full host frees a place for a throttled account.
+                            if delta < 0
+                                && h.has_capacity()
+                                && h.account_count() + 1 >= h.account_limit()
+                                && let Some(r) = self.resync.get()
+                            {
+                                r.freed(h.id());
+                            }
                         }
                         a.upstream = upstream;
                         slot.dirty = true;

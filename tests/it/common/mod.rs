@@ -4,6 +4,7 @@
 pub mod http;
 pub mod metrics;
 pub mod pg;
+pub mod receiver;
 pub mod relay;
 
 use std::path::PathBuf;
