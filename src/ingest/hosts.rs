@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 #[derive(Default)]
 struct CursorTrack {
     last: i64,
-    inflight: BTreeMap<u64, u32>,
+    /// seq → (copies in flight, hash of the event's DID).
+    inflight: BTreeMap<u64, (u32, u64)>,
 }
 
 /// One upstream host's live state, shared by its connection thread, the pipeline, the flusher
@@ -269,17 +270,24 @@ impl HostHandle {
         *self.status.lock().unwrap_or_else(PoisonError::into_inner) = s;
     }
 
-    /// An event with this upstream seq is being processed.
-    pub fn begin(&self, seq: u64) {
+    /// An event with this upstream seq (for the DID with this hash) is being processed.
+    /// Returns false, changing nothing, if that very event is still in flight: a reconnect
+    /// resumes from before events waiting for their identity, so the host sends them again.
+    pub fn begin(&self, seq: u64, did_hash: u64) -> bool {
         let mut c = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
-        *c.inflight.entry(seq).or_default() += 1;
+        let e = c.inflight.entry(seq).or_insert((0, did_hash));
+        if e.0 > 0 && e.1 == did_hash {
+            return false;
+        }
+        e.0 += 1;
         c.last = c.last.max(seq as i64);
+        true
     }
 
     /// Processing of `seq` finished (accepted, dropped or ignored).
     pub fn end(&self, seq: u64) {
         let mut c = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = c.inflight.get_mut(&seq) {
+        if let Some((n, _)) = c.inflight.get_mut(&seq) {
             *n -= 1;
             if *n == 0 {
                 c.inflight.remove(&seq);

@@ -210,11 +210,17 @@ impl Pipeline {
 
     /// Entry point for host threads.
     pub fn submit(&self, host: &Arc<HostHandle>, seq: u64, event: Event) {
-        host.begin(seq);
         let Some(did) = event.did().map(str::to_owned) else {
+            // Nothing to process, but the cursor moves past it.
+            host.begin(seq, 0);
             host.end(seq);
             return;
         };
+        if !host.begin(seq, crate::util::did_hash(&did)) {
+            metrics::counter!("rlay_events_ignored_total", "reason" => "replayed_in_flight")
+                .increment(1);
+            return;
+        }
         if !is_valid_did(&did) || !is_normalized_did(&did) {
             count_dropped(host, "bad_did");
             host.end(seq);
