@@ -143,6 +143,12 @@ pub struct Settings {
     /// Time for a whole request (head and body) to arrive; slower ones get 408.
     #[arg(long, env = "RELAY_REQUEST_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = duration)]
     request_timeout: Duration,
+    /// Serve Jetstream v1 (`GET /subscribe`): the verified events as filtered JSON.
+    #[arg(long, env = "RELAY_JETSTREAM", default_value = "true", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    jetstream: bool,
+    /// Jetstream consumers connected at once (they count against RELAY_MAX_CONSUMERS too); beyond it new ones get 503.
+    #[arg(long, env = "RELAY_MAX_JETSTREAM_CONSUMERS", default_value = "1000", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_jetstream_consumers: u32,
     /// error, warn, info, debug or trace.
     #[arg(long, env = "RELAY_LOG_LEVEL", default_value = "info", value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
     log_level: String,
@@ -248,6 +254,8 @@ pub struct Config {
     pub(crate) readiness: crate::coverage::readiness::Rules,
     pub(crate) alerts: crate::alerts::AlertConfig,
     pub(crate) resync_rate: f64,
+    pub(crate) jetstream: bool,
+    pub(crate) max_jetstream_consumers: usize,
     pub(crate) allow_insecure_hosts: bool,
     pub(crate) lenient_sync_validation: bool,
     pub(crate) optimistic_validation: bool,
@@ -303,6 +311,8 @@ impl Settings {
                 settle: self.coverage_grace,
             },
             resync_rate: self.resync_rate,
+            jetstream: self.jetstream,
+            max_jetstream_consumers: self.max_jetstream_consumers as usize,
             allow_insecure_hosts: self.allow_insecure_hosts,
             lenient_sync_validation: self.lenient_sync_validation,
             optimistic_validation: self.optimistic_validation,

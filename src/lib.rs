@@ -14,6 +14,7 @@ pub mod http;
 pub mod identity;
 pub mod index;
 pub mod ingest;
+pub mod jetstream;
 pub mod logging;
 pub mod proto;
 pub mod relay;

@@ -279,10 +279,17 @@ impl Relay {
                 cfg.api_listen
             )
         })?;
+        let jetstream = cfg.jetstream.then(|| {
+            Arc::new(crate::jetstream::Jetstream::new(
+                hub.clone(),
+                cfg.max_jetstream_consumers,
+            ))
+        });
         let api_addr = Front::start(
             listener,
             hub.clone(),
             Some(ctx),
+            jetstream,
             cfg.limits.clone(),
             shutdown.clone(),
         )

@@ -200,13 +200,17 @@ pub(crate) fn consumers(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
         .consumers()
         .iter()
         .map(|c| {
-            json!({
-                "id": c.id(), "remote_addr": c.remote_addr(), "user_agent": c.user_agent(),
+            let mut v = json!({
+                "id": c.id(), "kind": c.kind(), "remote_addr": c.remote_addr(), "user_agent": c.user_agent(),
                 "events_consumed": c.events_sent(),
                 "cursor": c.cursor(),
                 "bytes_sent": c.bytes_sent(),
                 "connected_at": crate::logging::format_datetime_ms(c.connected_at_ms()),
-            })
+            });
+            if let Some(d) = c.detail() {
+                v["jetstream"] = d;
+            }
+            v
         })
         .collect();
     Ok(json_response(200, &json!(list)))

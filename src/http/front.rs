@@ -66,6 +66,8 @@ impl Peers {
 /// rest to tiny_http.
 pub struct Front {
     hub: Arc<Hub>,
+    /// `GET /subscribe`, unless `RELAY_JETSTREAM` is off.
+    jetstream: Option<Arc<crate::jetstream::Jetstream>>,
     /// tiny_http's loopback address.
     backend: SocketAddr,
     peers: Arc<Peers>,
@@ -103,6 +105,23 @@ fn relay_response(backend: &mut TcpStream, client: &mut TcpStream) -> io::Result
     client.write_all(&buf[end + 2..])?;
     io::copy(backend, client)?;
     client.flush()
+}
+
+/// Who a consumer is, for the registry.
+fn client_of(head: &Head, peer: SocketAddr) -> Client {
+    Client {
+        remote_addr: head
+            .header("x-forwarded-for")
+            .and_then(|x| x.split(',').next())
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|| peer.to_string()),
+        user_agent: head
+            .header("user-agent")
+            .unwrap_or("")
+            .chars()
+            .take(256)
+            .collect(),
+    }
 }
 
 /// Longest a route handler may take to answer (the slowest, `getRepo`, waits up to 10 s for an
@@ -144,6 +163,7 @@ impl Front {
         listener: TcpListener,
         hub: Arc<Hub>,
         ctx: Option<Ctx>,
+        jetstream: Option<Arc<crate::jetstream::Jetstream>>,
         limits: Limits,
         shutdown: Arc<AtomicBool>,
     ) -> io::Result<SocketAddr> {
@@ -154,6 +174,7 @@ impl Front {
         let backend = super::server::start(api, workers)?;
         let front = Arc::new(Front {
             hub,
+            jetstream,
             backend,
             peers,
             limits,
@@ -174,10 +195,12 @@ impl Front {
             max_per_address: usize::MAX,
             ..Limits::default()
         };
+        let jetstream = Arc::new(crate::jetstream::Jetstream::new(hub.clone(), usize::MAX));
         Front::start(
             TcpListener::bind("127.0.0.1:0")?,
             hub,
             None,
+            Some(jetstream),
             limits,
             shutdown,
         )
@@ -237,6 +260,14 @@ impl Front {
                 Ok(consumer) => self.firehose(stream, peer, &head, consumer),
                 Err(why) => refuse(&mut stream, why),
             }
+        } else if head.path() == "/subscribe"
+            && let Some(j) = self.jetstream.clone()
+        {
+            held.head_read();
+            match held.into_consumer(&self.limits) {
+                Ok(consumer) => self.jetstream(&j, stream, peer, &head, consumer),
+                Err(why) => refuse(&mut stream, why),
+            }
         } else if let Err(e) = self.forward(&mut stream, peer, &head, &buf, deadline, &mut held) {
             if matches!(e.kind(), io::ErrorKind::TimedOut) {
                 request_error(&mut stream, &e);
@@ -291,20 +322,69 @@ impl Front {
         {
             return;
         }
-        let client = Client {
-            remote_addr: head
-                .header("x-forwarded-for")
-                .and_then(|x| x.split(',').next())
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|| peer.to_string()),
-            user_agent: head
-                .header("user-agent")
-                .unwrap_or("")
-                .chars()
-                .take(256)
-                .collect(),
+        self.hub.serve(stream, start, client_of(head, peer));
+    }
+
+    /// Runs a Jetstream consumer; parameters are checked (400, plain text, naming the
+    /// parameter) before the upgrade. `_held` keeps its place until it ends.
+    fn jetstream(
+        &self,
+        j: &crate::jetstream::Jetstream,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        head: &Head,
+        _held: Held,
+    ) {
+        let plain = |s: &mut TcpStream, status: u16, text: &str| {
+            let reason = match status {
+                400 => "Bad Request",
+                405 => "Method Not Allowed",
+                426 => "Upgrade Required",
+                _ => "Service Unavailable",
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            );
         };
-        self.hub.serve(stream, start, client);
+        if head.method != "GET" {
+            return plain(&mut stream, 405, "subscribe is a GET WebSocket endpoint");
+        }
+        let opts = match crate::jetstream::params::from_query(
+            &head.query_pairs(),
+            head.header("socket-encoding"),
+        ) {
+            Ok(o) => o,
+            Err(e) => {
+                metrics::counter!("rlay_consumer_rejected_total", "reason" => "jetstream_params")
+                    .increment(1);
+                return plain(&mut stream, 400, &e);
+            }
+        };
+        if !j.has_room() {
+            metrics::counter!("rlay_consumer_rejected_total", "reason" => "jetstream_full")
+                .increment(1);
+            return plain(
+                &mut stream,
+                503,
+                "too many Jetstream consumers (RELAY_MAX_JETSTREAM_CONSUMERS); try again later",
+            );
+        }
+        let is_ws = head
+            .header("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+        let Some(key) = head.header("sec-websocket-key").filter(|_| is_ws) else {
+            return plain(&mut stream, 426, "subscribe needs a WebSocket upgrade");
+        };
+        // permessage-deflate is declined by leaving it out of the answer.
+        if stream
+            .write_all(switching_protocols(key, &server_header()).as_bytes())
+            .is_err()
+        {
+            return;
+        }
+        j.serve(stream, opts, client_of(head, peer));
     }
 
     /// Sends one request to tiny_http (with `Connection: close`) and streams its response back.

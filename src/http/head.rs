@@ -41,6 +41,21 @@ impl Head {
         })
     }
 
+    /// Every query pair in order, percent-decoded, repeated keys and empty values kept
+    /// (Jetstream's list parameters repeat, and an empty value there is an error).
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
+        let Some((_, q)) = self.target.split_once('?') else {
+            return Vec::new();
+        };
+        q.split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect()
+    }
+
     /// The body's length from the framing headers. Anything ambiguous is refused (a front and a
     /// backend that read the framing differently is how requests get smuggled or workers hang):
     /// repeated or malformed `Content-Length`, and any `Transfer-Encoding` (bodies here are

@@ -101,6 +101,7 @@ pub static ROUTES: &[Route] = &[
     route(Get, "/xrpc/_ready", Public, status::ready),
     route(Get, "/status", Public, status::status),
     route(Get, "/xrpc/com.atproto.sync.subscribeRepos", WebSocket, sync::upgrade_required),
+    route(Get, "/subscribe", WebSocket, status::jetstream_off),
     route(Get, "/xrpc/com.atproto.sync.listRepos", Public, sync::list_repos),
     route(Get, "/xrpc/com.atproto.sync.getRepoStatus", Public, sync::get_repo_status),
     route(Get, "/xrpc/com.atproto.sync.getLatestCommit", Public, sync::get_latest_commit),

@@ -47,9 +47,12 @@ pub(crate) fn status(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
         "seq": {
             "head": ctx.hub.ring.head(),
             "oldest": oldest.as_ref().map(|f| f.seq),
-            "oldest_time": oldest.as_ref().map(|f| crate::logging::format_datetime_ms(f.time_ms)),
+            "oldest_time": oldest.as_ref().map(|f| crate::logging::format_datetime_ms(f.time_us / 1000)),
         },
-        "consumers": {"firehose": ctx.hub.registry.count()},
+        "consumers": {
+            "firehose": ctx.hub.registry.count_kind("firehose"),
+            "jetstream": ctx.hub.registry.count_kind("jetstream"),
+        },
         "identity": {
             "lookups_pending": ctx.pipeline.resolver().pending(),
         },
@@ -70,6 +73,11 @@ pub(crate) fn status(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
         });
     }
     Ok(json_response(200, &v))
+}
+
+/// Reached only when the front does not take `/subscribe` itself: Jetstream is switched off.
+pub(crate) fn jetstream_off(_: &Ctx, _: &Req) -> Result<Resp, Resp> {
+    Err(not_configured("Jetstream", "RELAY_JETSTREAM=true"))
 }
 
 pub(crate) fn discovery_status(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {

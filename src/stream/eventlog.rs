@@ -1,13 +1,17 @@
 //! The disk event log: append-only segment files of sequenced frames, for cursor replay.
 //!
 //! Segment `events/<first seq, 20 digits>.log` holds records
-//! `len u32 | crc32 u32 | seq u64 | time_ms i64 | did_hash u64 | kind u8 | frame bytes`
+//! `len u32 | crc32 u32 | seq u64 | time i64 | did_hash u64 | kind u8 | frame bytes`
 //! (little endian; `len` and the CRC cover everything after them). Segments roll at a size or
 //! age limit so retention can drop whole files. On open, the tail of the newest segment is
 //! checked record by record and anything torn or corrupt after the last good record is cut.
 //!
 //! Only the sequencer appends. Readers open the files themselves and can follow a segment that
 //! is still being written: a record not yet complete reads as "nothing more for now".
+//!
+//! `time` is unix microseconds, unique and increasing (Jetstream's `time_us` is read from it).
+//! Segments written before it was microseconds hold milliseconds: any value below
+//! `MS_UNTIL` is read as milliseconds, so old segments stay readable as they are.
 
 use bytes::Bytes;
 use std::fs::{self, File, OpenOptions};
@@ -21,6 +25,19 @@ pub const KIND_SYNC: u8 = 2;
 pub const KIND_IDENTITY: u8 = 3;
 pub const KIND_ACCOUNT: u8 = 4;
 
+/// Stored times below this are milliseconds (values of year 2286 and earlier in ms; any
+/// microsecond time after 1973 is above it).
+const MS_UNTIL: i64 = 100_000_000_000_000;
+
+/// A stored time in microseconds, whichever unit it was written in.
+fn as_us(t: i64) -> i64 {
+    if t < MS_UNTIL {
+        t.saturating_mul(1000)
+    } else {
+        t
+    }
+}
+
 const PREFIX: usize = 8;
 const META: usize = 25;
 /// Larger than any legal frame (5 MB) plus metadata; anything bigger is corruption.
@@ -30,8 +47,10 @@ const MAX_RECORD: usize = 8 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogFrame {
     pub seq: u64,
-    /// When the relay sequenced it (retention and OutdatedCursor use this, not the event's `time`).
-    pub time_ms: i64,
+    /// When the relay sequenced it, unix µs, strictly increasing across events: an event that
+    /// becomes several Jetstream events (a commit's ops) owns that many consecutive values from
+    /// here. Retention and Jetstream cursors use this, not the event's own `time`.
+    pub time_us: i64,
     /// FNV-1a of the DID, for hiding taken-down accounts from replay without a lookup table.
     pub did_hash: u64,
     pub kind: u8,
@@ -44,7 +63,7 @@ fn record_head(f: &LogFrame) -> [u8; PREFIX + META] {
     let mut h = [0u8; PREFIX + META];
     h[0..4].copy_from_slice(&((META + f.bytes.len()) as u32).to_le_bytes());
     h[8..16].copy_from_slice(&f.seq.to_le_bytes());
-    h[16..24].copy_from_slice(&f.time_ms.to_le_bytes());
+    h[16..24].copy_from_slice(&f.time_us.to_le_bytes());
     h[24..32].copy_from_slice(&f.did_hash.to_le_bytes());
     h[32] = f.kind;
     let mut crc = crc32fast::Hasher::new();
@@ -121,7 +140,7 @@ fn read_record<R: Read>(r: &mut R) -> io::Result<ReadOutcome> {
     }
     let frame = LogFrame {
         seq: le_u64(&payload[0..8]),
-        time_ms: le_u64(&payload[8..16]) as i64,
+        time_us: as_us(le_u64(&payload[8..16]) as i64),
         did_hash: le_u64(&payload[16..24]),
         kind: payload[24],
         bytes: Bytes::from(payload).slice(META..),
@@ -146,7 +165,7 @@ fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 #[derive(Debug, Clone)]
 struct Segment {
     first_seq: u64,
-    first_time_ms: i64,
+    first_time_us: i64,
     path: PathBuf,
 }
 
@@ -180,6 +199,8 @@ pub struct OpenReport {
     pub(crate) segments: usize,
     /// Bytes cut from a torn or corrupt tail.
     pub(crate) truncated_bytes: u64,
+    /// `time_us` of the last record on disk (0: none); new ones continue above it.
+    pub(crate) last_time_us: i64,
 }
 
 impl OpenReport {
@@ -246,8 +267,9 @@ impl EventLog {
                 );
             }
             match last {
-                Some(seq) => {
+                Some((seq, time_us)) => {
                     report.last_seq = Some(seq);
+                    report.last_time_us = time_us;
                     break;
                 }
                 None => {
@@ -258,10 +280,10 @@ impl EventLog {
         }
         let mut segments = Vec::with_capacity(found.len());
         for (first_seq, path) in found {
-            let first_time_ms = first_record_time(&path)?.unwrap_or(0);
+            let first_time_us = first_record_time(&path)?.unwrap_or(0);
             segments.push(Segment {
                 first_seq,
-                first_time_ms,
+                first_time_us,
                 path,
             });
         }
@@ -419,7 +441,7 @@ impl EventLog {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         segs.push(Segment {
             first_seq: first.seq,
-            first_time_ms: first.time_ms,
+            first_time_us: as_us(first.time_us),
             path,
         });
         // Make the new file's directory entry durable too.
@@ -475,12 +497,31 @@ impl EventLog {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let mut n = 0;
-        while segs.len() > 1 && segs[1].first_time_ms < cutoff_ms {
+        while segs.len() > 1 && segs[1].first_time_us / 1000 < cutoff_ms {
             let s = segs.remove(0);
             fs::remove_file(&s.path)?;
             n += 1;
         }
         Ok(n)
+    }
+
+    /// The seq of the last event sequenced at or before `time_us`; `None` if the oldest retained
+    /// event is later. Reads one segment at most (segments are found by their first time).
+    pub fn last_at_or_before(&self, time_us: i64) -> io::Result<Option<u64>> {
+        let segs = self.segments();
+        let i = segs.partition_point(|s| s.first_time_us <= time_us);
+        let Some(seg) = i.checked_sub(1).and_then(|i| segs.get(i)) else {
+            return Ok(None);
+        };
+        let mut r = self.reader(seg.first_seq.saturating_sub(1));
+        let mut last = None;
+        while let Some(f) = r.next_frame()? {
+            if f.time_us > time_us {
+                break;
+            }
+            last = Some(f.seq);
+        }
+        Ok(last)
     }
 
     /// A reader positioned after `after_seq` (0 reads everything).
@@ -493,8 +534,11 @@ impl EventLog {
     }
 }
 
-/// Scans a segment: (last good seq, length of the valid prefix, file length, why it stopped).
-fn scan_segment(path: &Path) -> io::Result<(Option<u64>, u64, u64, &'static str)> {
+/// What scanning a segment found: the last good record's (seq, time), the length of the valid
+/// prefix, the file's length, and why the scan stopped.
+type Scan = (Option<(u64, i64)>, u64, u64, &'static str);
+
+fn scan_segment(path: &Path) -> io::Result<Scan> {
     let file = File::open(path)?;
     let file_len = file.metadata()?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
@@ -503,10 +547,10 @@ fn scan_segment(path: &Path) -> io::Result<(Option<u64>, u64, u64, &'static str)
     let why = loop {
         match read_record(&mut r)? {
             ReadOutcome::Record(f, n) => {
-                if last.is_some_and(|l| f.seq <= l) {
+                if last.is_some_and(|(l, _)| f.seq <= l) {
                     break "sequence numbers go backwards";
                 }
-                last = Some(f.seq);
+                last = Some((f.seq, f.time_us));
                 good += n;
             }
             ReadOutcome::End => break "incomplete record",
@@ -519,7 +563,7 @@ fn scan_segment(path: &Path) -> io::Result<(Option<u64>, u64, u64, &'static str)
 fn first_record_time(path: &Path) -> io::Result<Option<i64>> {
     let mut r = BufReader::new(File::open(path)?);
     Ok(match read_record(&mut r)? {
-        ReadOutcome::Record(f, _) => Some(f.time_ms),
+        ReadOutcome::Record(f, _) => Some(f.time_us),
         _ => None,
     })
 }

@@ -7,9 +7,10 @@
 //! sent and always asks for the next one; the ring says whether it has it, has not got it yet,
 //! or has already dropped it (then the disk log, which was written before the ring, has it).
 
-use super::eventlog::{EventLog, LogReader};
+use super::eventlog::EventLog;
+use super::follow::Follower;
 use super::registry::Registry;
-use super::ring::{Lookup, Ring};
+use super::ring::Ring;
 use crate::proto::frame;
 use crate::util::Hidden;
 use bytes::Bytes;
@@ -174,7 +175,7 @@ impl Hub {
         };
         let reg = self
             .registry
-            .add(client.remote_addr, client.user_agent, after);
+            .add("firehose", client.remote_addr, client.user_agent, after);
         log::info!(
             "firehose: consumer {} connected from {} ({}), starting after seq {after}",
             reg.info.id,
@@ -193,12 +194,12 @@ impl Hub {
     fn run(
         &self,
         ws: &mut WebSocket<Counted>,
-        mut last: u64,
+        last: u64,
         info: &super::registry::ConsumerInfo,
         written: &AtomicU64,
     ) -> &'static str {
         let waiter = self.ring.register();
-        let mut disk: Option<LogReader<'_>> = None;
+        let mut follow = Follower::new(&self.ring, &self.log, last);
         let mut pending = false;
         let mut progress_bytes = written.load(Ordering::Relaxed);
         let mut last_progress = Instant::now();
@@ -217,39 +218,18 @@ impl Hub {
             if !pending {
                 // Queue up to ~64 KiB of frames, then flush once.
                 while batch_bytes < 64 << 10 {
-                    let want = last + 1;
-                    let f = match self.ring.get(want) {
-                        Lookup::Ready(f) => {
-                            disk = None;
-                            f
-                        }
-                        Lookup::NotYet => break,
-                        Lookup::Evicted => {
-                            let r = disk.get_or_insert_with(|| self.log.reader(last));
-                            match r.next_frame() {
-                                Ok(Some(f)) => Arc::new(f),
-                                Ok(None) => {
-                                    // The log no longer holds what the ring dropped (retention
-                                    // removed it under a very slow reader): skip ahead.
-                                    disk = None;
-                                    last = self.ring.oldest().saturating_sub(1).max(last);
-                                    if self.ring.oldest() == u64::MAX {
-                                        break;
-                                    }
-                                    continue;
-                                }
-                                Err(e) => {
-                                    log::warn!(
-                                        "firehose: consumer {} cannot read the event log: {e}",
-                                        info.id
-                                    );
-                                    return "event log read error";
-                                }
-                            }
+                    let f = match follow.next_frame() {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => {
+                            log::warn!(
+                                "firehose: consumer {} cannot read the event log: {e}",
+                                info.id
+                            );
+                            return "event log read error";
                         }
                     };
-                    last = f.seq;
-                    info.cursor.store(last, Ordering::Relaxed);
+                    info.cursor.store(f.seq, Ordering::Relaxed);
                     if f.is_repo_event() && self.hidden.hides(f.did_hash) {
                         continue;
                     }

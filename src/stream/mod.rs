@@ -2,6 +2,7 @@
 
 pub mod eventlog;
 pub mod firehose;
+pub mod follow;
 pub mod registry;
 pub mod ring;
 pub mod sequencer;
@@ -57,8 +58,13 @@ impl Stream {
         let (log, opened) = EventLog::open_with(dir, cfg.max_segment_bytes, cfg.max_segment_age)?;
         let log = Arc::new(log);
         let ring = Arc::new(Ring::new(cfg.ring_capacity));
-        let (sequencer, sequencer_thread) =
-            sequencer::spawn(log.clone(), ring.clone(), opened.last_seq, cfg.initial_seq)?;
+        let (sequencer, sequencer_thread) = sequencer::spawn(
+            log.clone(),
+            ring.clone(),
+            opened.last_seq,
+            opened.last_time_us,
+            cfg.initial_seq,
+        )?;
         let shutdown = Arc::new(AtomicBool::new(false));
         let hub = Arc::new(Hub {
             log: log.clone(),

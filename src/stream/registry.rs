@@ -1,4 +1,5 @@
-//! Live firehose consumers, for the admin API (`/admin/consumers/list`) and metrics.
+//! Live consumers (firehose and Jetstream), for the admin API (`/admin/consumers/list`) and
+//! metrics.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,6 +8,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 #[derive(Debug)]
 pub struct ConsumerInfo {
     pub(crate) id: u64,
+    /// "firehose" or "jetstream".
+    pub(crate) kind: &'static str,
+    /// What a Jetstream consumer asked for (filters, compression), for the admin list.
+    pub(crate) detail: Mutex<Option<serde_json::Value>>,
     pub(crate) remote_addr: String,
     pub(crate) user_agent: String,
     pub(crate) connected_at_ms: i64,
@@ -19,6 +24,21 @@ pub struct ConsumerInfo {
 impl ConsumerInfo {
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    pub fn detail(&self) -> Option<serde_json::Value> {
+        self.detail
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_detail(&self, d: serde_json::Value) {
+        *self.detail.lock().unwrap_or_else(PoisonError::into_inner) = Some(d);
     }
 
     pub fn remote_addr(&self) -> &str {
@@ -73,6 +93,7 @@ impl Drop for Registration {
 impl Registry {
     pub fn add(
         self: &Arc<Self>,
+        kind: &'static str,
         remote_addr: String,
         user_agent: String,
         cursor: u64,
@@ -80,6 +101,8 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let info = Arc::new(ConsumerInfo {
             id,
+            kind,
+            detail: Mutex::new(None),
             remote_addr,
             user_agent,
             connected_at_ms: crate::util::now_ms(),
@@ -112,5 +135,15 @@ impl Registry {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+
+    /// Consumers of one kind.
+    pub fn count_kind(&self, kind: &str) -> usize {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|c| c.kind == kind)
+            .count()
     }
 }

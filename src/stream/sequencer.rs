@@ -31,6 +31,8 @@ pub struct Outgoing {
     frame: Unsequenced,
     kind: u8,
     did_hash: u64,
+    /// `time_us` values it takes: one per Jetstream event it becomes (a commit's ops), at least 1.
+    times: u32,
 }
 
 impl Outgoing {
@@ -40,6 +42,10 @@ impl Outgoing {
             frame: Unsequenced::encode(e)?,
             kind: kind_of(e),
             did_hash: crate::util::did_hash(e.did().unwrap_or_default()),
+            times: match e {
+                Event::Commit(c) => u32::try_from(c.ops.len()).unwrap_or(u32::MAX).max(1),
+                _ => 1,
+            },
         })
     }
 }
@@ -93,6 +99,7 @@ pub fn spawn(
     log: Arc<EventLog>,
     ring: Arc<Ring>,
     last_on_disk: Option<u64>,
+    last_time_us: i64,
     initial_seq: u64,
 ) -> std::io::Result<(Sequencer, JoinHandle<()>)> {
     let (tx, rx) = crossbeam_channel::bounded(10_000);
@@ -110,7 +117,7 @@ pub fn spawn(
     let h = std::thread::Builder::new()
         .name("sequencer".into())
         .stack_size(2 << 20)
-        .spawn(move || run(rx, log, ring, next))?;
+        .spawn(move || run(rx, log, ring, next, last_time_us))?;
     Ok((Sequencer { tx }, h))
 }
 
@@ -133,7 +140,13 @@ fn until_ok(log: &EventLog, what: &str, mut f: impl FnMut() -> std::io::Result<(
     }
 }
 
-fn run(rx: Receiver<SeqMsg>, log: Arc<EventLog>, ring: Arc<Ring>, mut next: u64) {
+fn run(
+    rx: Receiver<SeqMsg>,
+    log: Arc<EventLog>,
+    ring: Arc<Ring>,
+    mut next: u64,
+    mut last_time_us: i64,
+) {
     let mut reserved = next - 1;
     let mut last_sync = Instant::now();
     let mut unsynced = false;
@@ -153,14 +166,18 @@ fn run(rx: Receiver<SeqMsg>, log: Arc<EventLog>, ring: Arc<Ring>, mut next: u64)
         };
         let mut frames: Vec<LogFrame> = Vec::new();
         let mut barriers = Vec::new();
-        let now = crate::util::now_ms();
+        let now = crate::util::now_us();
         let mut msg = Some(first);
         while let Some(m) = msg.take() {
             match m {
                 SeqMsg::Event(o) => {
+                    // Unique and increasing even if the clock steps back: each event takes the
+                    // next `times` microseconds at or after now.
+                    let time_us = now.max(last_time_us.saturating_add(1));
+                    last_time_us = time_us.saturating_add(i64::from(o.times) - 1);
                     frames.push(LogFrame {
                         seq: next,
-                        time_ms: now,
+                        time_us,
                         did_hash: o.did_hash,
                         kind: o.kind,
                         bytes: o.frame.sequence(next),

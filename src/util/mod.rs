@@ -16,6 +16,14 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Current time in unix microseconds.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 /// FNV-1a 64 of a DID: stable across runs (the event log stores it), cheap, and good enough to
 /// key a set or pick a shard.
 pub fn did_hash(did: &str) -> u64 {

@@ -15,6 +15,7 @@ mod docs;
 mod edges;
 mod index;
 mod interop;
+mod jetstream;
 mod mst_props;
 mod relay_accounts;
 mod relay_e2e;

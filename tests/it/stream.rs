@@ -278,11 +278,54 @@ fn initial_seq_floor_applies() {
 fn frame_at(seq: u64, time_ms: i64) -> LogFrame {
     LogFrame {
         seq,
-        time_ms,
+        time_us: time_ms * 1000,
         did_hash: 1,
         kind: KIND_IDENTITY,
         bytes: Bytes::from(frame::encode(&identity(seq))),
     }
+}
+
+#[test]
+fn old_millisecond_records_read_as_microseconds_and_times_find_seqs() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (log, _) = EventLog::open_with(dir.path(), 1, Duration::from_secs(3600)).expect("open");
+    // Seqs 1-3 as an older relay wrote them (ms), 4-6 in µs.
+    let ms = 1_700_000_000_000i64;
+    for seq in 1..=3 {
+        let mut f = frame_at(seq, 0);
+        f.time_us = ms + seq as i64;
+        log.append(&[f]).expect("append");
+    }
+    for seq in 4..=6 {
+        let mut f = frame_at(seq, 0);
+        f.time_us = (ms + 10) * 1000 + seq as i64;
+        log.append(&[f]).expect("append");
+    }
+    let mut rd = log.reader(0);
+    let mut times = Vec::new();
+    while let Some(f) = rd.next_frame().expect("read") {
+        times.push(f.time_us);
+    }
+    let us = (ms + 10) * 1000;
+    assert_eq!(
+        times,
+        [
+            (ms + 1) * 1000,
+            (ms + 2) * 1000,
+            (ms + 3) * 1000,
+            us + 4,
+            us + 5,
+            us + 6
+        ]
+    );
+    assert_eq!(log.last_at_or_before(0).expect("find"), None);
+    assert_eq!(
+        log.last_at_or_before((ms + 2) * 1000).expect("find"),
+        Some(2)
+    );
+    assert_eq!(log.last_at_or_before(us + 4).expect("find"), Some(4));
+    assert_eq!(log.last_at_or_before(us + 5 - 1).expect("find"), Some(4));
+    assert_eq!(log.last_at_or_before(i64::MAX).expect("find"), Some(6));
 }
 
 #[test]
