@@ -13,6 +13,31 @@ struct CursorTrack {
     last: i64,
     /// seq → (copies in flight, hash of the event's DID).
     inflight: BTreeMap<u64, (u32, u64)>,
+    /// (seq, DID hash) of events finished above the resume point: a reconnect resumes from
+    /// below them and the host sends them again, and those copies must not count twice.
+    done_above: std::collections::BTreeSet<(u64, u64)>,
+}
+
+/// Finished events remembered above the resume point, per host (16 bytes each).
+const MAX_DONE_ABOVE: usize = 100_000;
+
+impl CursorTrack {
+    fn safe(&self) -> i64 {
+        match self.inflight.keys().next() {
+            Some(&lowest) => (lowest as i64 - 1).min(self.last),
+            None => self.last,
+        }
+    }
+
+    /// Forgets finished events at or below the resume point (no replay reaches them).
+    fn prune(&mut self) {
+        let safe = self.safe().max(0) as u64;
+        while self.done_above.first().is_some_and(|&(s, _)| s <= safe)
+            || self.done_above.len() > MAX_DONE_ABOVE
+        {
+            self.done_above.pop_first();
+        }
+    }
 }
 
 /// One upstream host's live state, shared by its connection thread, the pipeline, the flusher
@@ -75,7 +100,7 @@ impl HostHandle {
             account_limit: AtomicI64::new(r.account_limit),
             cursor: Mutex::new(CursorTrack {
                 last: r.last_seq.max(0),
-                inflight: BTreeMap::new(),
+                ..CursorTrack::default()
             }),
             kill: AtomicBool::new(false),
             connected: AtomicBool::new(false),
@@ -275,6 +300,9 @@ impl HostHandle {
     /// resumes from before events waiting for their identity, so the host sends them again.
     pub fn begin(&self, seq: u64, did_hash: u64) -> bool {
         let mut c = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
+        if c.done_above.contains(&(seq, did_hash)) {
+            return false;
+        }
         let e = c.inflight.entry(seq).or_insert((0, did_hash));
         if e.0 > 0 && e.1 == did_hash {
             return false;
@@ -287,21 +315,23 @@ impl HostHandle {
     /// Processing of `seq` finished (accepted, dropped or ignored).
     pub fn end(&self, seq: u64) {
         let mut c = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((n, _)) = c.inflight.get_mut(&seq) {
+        if let Some((n, hash)) = c.inflight.get_mut(&seq) {
             *n -= 1;
+            let hash = *hash;
             if *n == 0 {
                 c.inflight.remove(&seq);
+                c.done_above.insert((seq, hash));
             }
         }
+        c.prune();
     }
 
     /// The cursor to persist and to resume from.
     pub fn safe_cursor(&self) -> i64 {
-        let c = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
-        match c.inflight.keys().next() {
-            Some(&lowest) => (lowest as i64 - 1).min(c.last),
-            None => c.last,
-        }
+        self.cursor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .safe()
     }
 
     /// Resumes from before every event still in flight (after a session died mid-event, those
@@ -319,6 +349,8 @@ impl HostHandle {
         let mut c = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
         c.last = 0;
         c.inflight.clear();
+        // A host that lost its history numbers its events again from 1.
+        c.done_above.clear();
     }
 
     pub fn has_capacity(&self) -> bool {
@@ -372,5 +404,47 @@ impl Hosts {
             .collect();
         v.sort_by_key(|h| h.id);
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostHandle {
+        HostHandle::from_row(&HostRow {
+            id: 1,
+            hostname: "pds.example".into(),
+            status: HostStatus::Active,
+            last_seq: 0,
+            account_count: 0,
+            account_limit: 10,
+            trusted: false,
+            no_tls: false,
+            created_at: 0,
+            updated_at: 0,
+        })
+    }
+
+    #[test]
+    fn a_replayed_event_in_flight_or_finished_above_the_cursor_is_refused() {
+        let h = host();
+        assert!(h.begin(10, 7)); // waits for its identity
+        assert!(h.begin(11, 8));
+        h.end(11); // finished inline, but the cursor stays below 10
+        assert_eq!(h.safe_cursor(), 9);
+        // The connection drops; the host resends from 10.
+        assert!(!h.begin(10, 7), "still in flight");
+        assert!(!h.begin(11, 8), "already finished");
+        assert!(h.begin(12, 9), "new");
+        h.end(12);
+        h.end(10);
+        assert_eq!(h.safe_cursor(), 12);
+        // Below the cursor nothing is remembered (a replay there cannot happen).
+        assert!(h.begin(13, 8));
+        h.end(13);
+        // A host that lost its history reuses seqs.
+        h.reset_cursor();
+        assert!(h.begin(11, 8));
     }
 }
