@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The relay checked from outside by Bluesky's own code (issue 5):
+# The relay checked from outside by Bluesky's own code (issue 5), and its Jetstream by a
+# published Jetstream client (issue 16):
 #   rlay sim (20 hosts, 6 with faults) + Bluesky's reference PDS  ->  rlay serve (SQLite default, insecure hosts)
 #   ->  @atproto/sync's verifying Firehose (keys from the simulated PLC), which must report zero errors.
 # The PDS's events as seen through the relay must match what the PDS's own firehose says.
@@ -71,6 +72,9 @@ node -e '
 # A fresh consumer with no saved cursor (it sends an empty `?cursor=`) reads the live stream.
 START=live node check.js ws://127.0.0.1:3000 http://127.0.0.1:2582 10 > "$work/live.json" || status=1
 cat "$work/live.json"
+# A published Jetstream client (@skyware/jetstream) on the relay's /subscribe, filtered to posts.
+node jetstream.js ws://127.0.0.1:3000/subscribe 10 > "$work/jetstream.json" || status=1
+cat "$work/jetstream.json"
 
 # Throttled accounts made whole: a relay with an account limit of 1 on one simulated host of three
 # accounts drops the throttled accounts' commits; raising the limit emits a #sync for each, which
