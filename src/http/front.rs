@@ -10,7 +10,9 @@
 //! without blocking frame delivery, and `@atproto/sync` drops connections whose pings go
 //! unanswered.
 
-use super::head::{Head, read_by, read_head_by, switching_protocols, write_json_error};
+use super::head::{
+    Head, read_by, read_head_by, switching_protocols, write_json_error, write_text_error,
+};
 use super::limits::{Counts, Held, Limits, Refused};
 use super::routes::Ctx;
 use super::server::Api;
@@ -335,21 +337,8 @@ impl Front {
         head: &Head,
         _held: Held,
     ) {
-        let plain = |s: &mut TcpStream, status: u16, text: &str| {
-            let reason = match status {
-                400 => "Bad Request",
-                405 => "Method Not Allowed",
-                426 => "Upgrade Required",
-                _ => "Service Unavailable",
-            };
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-                text.len()
-            );
-        };
         if head.method != "GET" {
-            return plain(&mut stream, 405, "subscribe is a GET WebSocket endpoint");
+            return write_text_error(&mut stream, 405, "subscribe is a GET WebSocket endpoint");
         }
         let opts = match crate::jetstream::params::from_query(
             &head.query_pairs(),
@@ -359,13 +348,13 @@ impl Front {
             Err(e) => {
                 metrics::counter!("rlay_consumer_rejected_total", "reason" => "jetstream_params")
                     .increment(1);
-                return plain(&mut stream, 400, &e);
+                return write_text_error(&mut stream, 400, &e);
             }
         };
         if !j.has_room() {
             metrics::counter!("rlay_consumer_rejected_total", "reason" => "jetstream_full")
                 .increment(1);
-            return plain(
+            return write_text_error(
                 &mut stream,
                 503,
                 "too many Jetstream consumers (RELAY_MAX_JETSTREAM_CONSUMERS); try again later",
@@ -375,7 +364,7 @@ impl Front {
             .header("upgrade")
             .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
         let Some(key) = head.header("sec-websocket-key").filter(|_| is_ws) else {
-            return plain(&mut stream, 426, "subscribe needs a WebSocket upgrade");
+            return write_text_error(&mut stream, 426, "subscribe needs a WebSocket upgrade");
         };
         // permessage-deflate is declined by leaving it out of the answer.
         if stream

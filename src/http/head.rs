@@ -206,6 +206,16 @@ pub fn switching_protocols(key: &str, server: &str) -> String {
 
 /// A complete JSON error answer, written directly (errors before an upgrade or a forward).
 pub fn write_json_error(stream: &mut TcpStream, status: u16, error: &str, message: &str) {
+    let body = serde_json::json!({ "error": error, "message": message }).to_string();
+    write_answer(stream, status, "application/json", &body);
+}
+
+/// A plain-text error answer (Jetstream's, whose clients expect text, not XRPC JSON).
+pub fn write_text_error(stream: &mut TcpStream, status: u16, text: &str) {
+    write_answer(stream, status, "text/plain; charset=utf-8", text);
+}
+
+fn write_answer(stream: &mut TcpStream, status: u16, content_type: &str, body: &str) {
     let reason = match status {
         400 => "Bad Request",
         405 => "Method Not Allowed",
@@ -216,9 +226,8 @@ pub fn write_json_error(stream: &mut TcpStream, status: u16, error: &str, messag
         503 => "Service Unavailable",
         _ => "Error",
     };
-    let body = serde_json::json!({ "error": error, "message": message }).to_string();
     let resp = format!(
-        "HTTP/1.1 {status} {reason}\r\nServer: {}\r\nContent-Type: application/json\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nServer: {}\r\nContent-Type: {content_type}\r\nAccess-Control-Allow-Origin: *\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         super::front::server_header(),
         body.len()
     );

@@ -34,8 +34,7 @@ fn rate(r: Option<f64>) -> Value {
 pub(crate) fn status(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
     let reasons = ctx.coverage.reasons();
     let [m1, m5, h1] = ctx.coverage.rates();
-    // One record read from the oldest segment.
-    let oldest = ctx.hub.log().reader(0).next_frame().ok().flatten();
+    let log = ctx.hub.log();
     let backfill = ctx.store.backfill_totals().ok();
     let index = ctx.index.counts(false).ok();
     let mut v = json!({
@@ -46,8 +45,8 @@ pub(crate) fn status(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
         "events_per_sec": {"1m": rate(m1), "5m": rate(m5), "1h": rate(h1)},
         "seq": {
             "head": ctx.hub.ring.head(),
-            "oldest": oldest.as_ref().map(|f| f.seq),
-            "oldest_time": oldest.as_ref().map(|f| crate::logging::format_datetime_ms(f.time_us / 1000)),
+            "oldest": log.oldest_seq(),
+            "oldest_time": log.oldest_time_us().map(|t| crate::logging::format_datetime_ms(t / 1000)),
         },
         "consumers": {
             "firehose": ctx.hub.registry.count_kind("firehose"),

@@ -328,7 +328,11 @@ impl Discovery {
                 .filter(|(h, _)| !self.crawler.is_known(h) && !self.crawler.is_banned_domain(h))
                 .filter(|(h, _)| {
                     failed.get(h).is_none_or(|&(at, n)| {
-                        let wait = self.cfg.interval * (1u32 << n.min(8));
+                        let wait = self
+                            .cfg
+                            .interval
+                            .checked_mul(1u32 << n.min(8))
+                            .unwrap_or(Duration::MAX);
                         now.duration_since(at) >= wait.min(Duration::from_secs(86_400))
                     })
                 })

@@ -320,7 +320,11 @@ impl HostHandle {
             let hash = *hash;
             if *n == 0 {
                 c.inflight.remove(&seq);
-                c.done_above.insert((seq, hash));
+                // Only an event finished above one still in flight can be resent; the common
+                // case (nothing lower in flight) costs no set insert.
+                if c.inflight.keys().next().is_some_and(|&low| low < seq) {
+                    c.done_above.insert((seq, hash));
+                }
             }
         }
         c.prune();

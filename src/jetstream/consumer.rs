@@ -178,11 +178,7 @@ impl Jetstream {
                     let msg = if s.compress {
                         Message::Binary(item.zstd(&self.compressor).clone())
                     } else {
-                        // The JSON is valid UTF-8 (serde_json wrote it).
-                        match String::from_utf8(item.json.to_vec()) {
-                            Ok(t) => Message::Text(t.into()),
-                            Err(_) => continue,
-                        }
+                        Message::Text(item.json.clone())
                     };
                     let n = match &msg {
                         Message::Binary(b) => b.len(),

@@ -20,14 +20,15 @@ pub struct Item {
     pub time_us: i64,
     /// The record's collection (commit ops); `None` for identity and account events.
     pub collection: Option<String>,
-    pub json: Bytes,
+    /// The JSON text, shared by every uncompressed consumer as it is sent.
+    pub json: tungstenite::Utf8Bytes,
     zstd: OnceLock<Bytes>,
 }
 
 impl Item {
     /// The event as one zstd frame with the v1 dictionary, made on first use.
     pub fn zstd(&self, z: &Compressor) -> &Bytes {
-        self.zstd.get_or_init(|| z.compress(&self.json))
+        self.zstd.get_or_init(|| z.compress(self.json.as_bytes()))
     }
 }
 
@@ -56,7 +57,8 @@ fn item(did: &str, time_us: i64, kind: &str, body: &[u8], collection: Option<Str
     Item {
         time_us,
         collection,
-        json: Bytes::from(out),
+        // Only serde_json and ASCII went in; the check is the one UTF-8 validation it gets.
+        json: tungstenite::Utf8Bytes::try_from(out).unwrap_or_default(),
         zstd: OnceLock::new(),
     }
 }

@@ -478,6 +478,15 @@ impl EventLog {
             .map(|s| s.first_seq)
     }
 
+    /// When the oldest retained event was sequenced (unix µs), from the segment list.
+    pub fn oldest_time_us(&self) -> Option<i64> {
+        self.segments
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .first()
+            .map(|s| s.first_time_us)
+    }
+
     pub fn segment_count(&self) -> usize {
         self.segments
             .read()
