@@ -182,3 +182,95 @@ pub fn wait_for(got: &std::sync::atomic::AtomicU64, n: u64, secs: u64) -> Instan
     }
     Instant::now()
 }
+
+/// What one throughput run measured.
+pub struct Throughput {
+    pub events: u64,
+    pub secs: f64,
+    pub cpu_us_per_event: f64,
+}
+
+/// The relay bench's throughput run: 40 hosts × 5 k256 accounts, the realistic mix signed ahead
+/// and released at once, read by one firehose consumer and by one Jetstream consumer per entry of
+/// `jetstream` (its query string). The clock stops once the firehose consumer has every event and
+/// the Jetstream consumers have gone quiet; the CPU is the relay process's alone.
+pub fn throughput(jetstream: &[&str]) -> Throughput {
+    let (sim, _dir, port, relay) = k256_network(40);
+    let mut rng = rlay::sim::traffic::Rng::new(5);
+    let planned = plan(&sim, &mut rng, 120_000);
+    let n = valid(&planned) as u64;
+    let got = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let g = got.clone();
+    let c = consume(port, stop.clone(), move |_| {
+        g.fetch_add(1, Ordering::Relaxed);
+    });
+    let readers: Vec<_> = jetstream
+        .iter()
+        .map(|q| jetstream_reader(port, q, stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu0 = crate::procstat::cpu_seconds(Some(relay.0.id()));
+    let t0 = Instant::now();
+    for p in planned {
+        sim.world().emit(p);
+    }
+    let secs = wait_for(&got, n, 180).duration_since(t0).as_secs_f64();
+    let total = || -> u64 { readers.iter().map(|(n, _)| n.load(Ordering::Relaxed)).sum() };
+    let mut last = total();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = total();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let cpu = crate::procstat::cpu_seconds(Some(relay.0.id())) - cpu0;
+    stop.store(true, Ordering::Relaxed);
+    let _ = c.join();
+    for (count, h) in readers {
+        let _ = h.join();
+        assert!(
+            count.load(Ordering::Relaxed) > 0,
+            "a Jetstream consumer got nothing"
+        );
+    }
+    drop(relay);
+    Throughput {
+        events: n,
+        secs,
+        cpu_us_per_event: cpu * 1e6 / n as f64,
+    }
+}
+
+/// A Jetstream consumer on `/subscribe{query}` counting the messages it reads.
+pub fn jetstream_reader(
+    port: u16,
+    query: &str,
+    stop: Arc<AtomicBool>,
+) -> (
+    Arc<std::sync::atomic::AtomicU64>,
+    std::thread::JoinHandle<()>,
+) {
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (mut ws, _) = tungstenite::connect(format!("ws://127.0.0.1:{port}/subscribe{query}"))
+        .expect("jetstream subscribe");
+    if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    }
+    let c = count.clone();
+    let h = std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match ws.read() {
+                Ok(Message::Text(_) | Message::Binary(_)) => {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) if rlay::util::net::ws_timed_out(&e) => {}
+                Err(e) => panic!("jetstream consumer: {e}"),
+            }
+        }
+    });
+    (count, h)
+}

@@ -1,21 +1,41 @@
-//! `cargo bench --bench jetstream`: turning sequenced frames into Jetstream v1 events.
+//! `cargo bench --bench jetstream`: the relay's Jetstream v1 stream.
 //!
-//! A realistic mix of signed commits (posts, likes, follows, reposts and deletes from simulated
-//! repos, one to three ops each) plus identity and account events is encoded on one core.
+//! Part `encode`: a realistic mix of signed commits (posts, likes, follows, reposts and deletes
+//! from simulated repos, one to three ops each) plus identity and account events, encoded on one
+//! core. Prints `jetstream_encode_events_per_sec` (JSON only), `jetstream_zstd_events_per_sec`
+//! (each event also compressed once) and `jetstream_zstd_ratio` (JSON bytes / zstd bytes with
+//! the v1 dictionary).
 //!
-//! Prints `jetstream_encode_events_per_sec` (Jetstream events made per second on one core, JSON
-//! only), `jetstream_zstd_events_per_sec` (the same with each event also compressed once) and
-//! `jetstream_zstd_ratio` (JSON bytes / zstd bytes with the v1 dictionary). The delivery and
-//! relay-CPU figures of issue 16 are not measured by this benchmark yet.
+//! Part `deliveries`: the relay's stream (sequencer, log, ring, Jetstream consumers) in this
+//! process, 100 Jetstream consumers with mixed filters in a child process, fed that mix at
+//! 10,000 events/s for 10 s. Every consumer must receive exactly the events its filter wants, in
+//! order. Prints `jetstream_deliveries_per_sec`, `jetstream_cpu_us_per_delivery` (this process)
+//! and `jetstream_max_lag_events` (the most relay events any consumer was behind the head).
+//!
+//! Part `relay`: the relay bench's throughput run (`cargo bench --bench relay`) without and
+//! then with 10 Jetstream consumers attached. Prints `relay_cpu_us_per_event_without_jetstream`,
+//! `relay_cpu_us_per_event_with_jetstream` and `jetstream_cpu_overhead_pct`.
+//!
+//! `--part NAME` runs one part.
+
+mod harness;
+mod procstat;
 
 use bytes::Bytes;
+use rlay::http::front::Front;
 use rlay::jetstream::encode::{Compressor, encode};
+use rlay::jetstream::params::Filter;
 use rlay::proto::cbor::value::Value;
 use rlay::proto::crypto::{Curve, PrivateKey};
 use rlay::proto::frame::{self, AccountEvent, Event, IdentityEvent};
 use rlay::sim::repo::{Repo, Write};
 use rlay::stream::eventlog::LogFrame;
-use std::time::Instant;
+use rlay::stream::{Stream, StreamConfig};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
 
 const ACCOUNTS: usize = 50;
 const FRAMES: usize = 20_000;
@@ -69,7 +89,8 @@ fn record(kind: u64, n: u64, did: &str) -> Vec<u8> {
     v.encode()
 }
 
-fn frames() -> Vec<LogFrame> {
+/// The mix as events, in order.
+fn events() -> Vec<Event> {
     let mut repos: Vec<Repo> = (0..ACCOUNTS)
         .map(|i| {
             let did = format!("did:plc:bench{i:019}");
@@ -84,7 +105,6 @@ fn frames() -> Vec<LogFrame> {
     ];
     let mut written: Vec<Vec<String>> = vec![Vec::new(); ACCOUNTS];
     let mut out = Vec::with_capacity(FRAMES);
-    let mut t = 1_764_590_400_000_000i64;
     for n in 0..FRAMES as u64 {
         let a = (n * 7 % ACCOUNTS as u64) as usize;
         let did = format!("did:plc:bench{a:019}");
@@ -135,29 +155,43 @@ fn frames() -> Vec<LogFrame> {
                 }
             }
         };
-        let times = match &e {
-            Event::Commit(c) => c.ops.len() as i64,
-            _ => 1,
-        };
-        out.push(LogFrame {
-            seq: n + 1,
-            time_us: t,
-            did_hash: rlay::util::did_hash(&did),
-            kind: 1,
-            bytes: Bytes::from(frame::encode(&e)),
-        });
-        t += times.max(1);
+        out.push(e);
     }
     out
 }
 
-fn main() {
-    let frames = frames();
+/// The events as the sequencer would log them: seq from 1, one `time_us` per op.
+fn log_frames(events: &[Event]) -> Vec<LogFrame> {
+    let mut t = 1_764_590_400_000_000i64;
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let (did, ops) = match e {
+                Event::Commit(c) => (c.repo.clone(), c.ops.len() as i64),
+                Event::Identity(x) => (x.did.clone(), 1),
+                Event::Account(x) => (x.did.clone(), 1),
+                _ => (String::new(), 1),
+            };
+            let f = LogFrame {
+                seq: i as u64 + 1,
+                time_us: t,
+                did_hash: rlay::util::did_hash(&did),
+                kind: 1,
+                bytes: Bytes::from(frame::encode(e)),
+            };
+            t += ops.max(1);
+            f
+        })
+        .collect()
+}
+
+fn encode_part(frames: &[LogFrame]) {
     // JSON only, one core.
     let started = Instant::now();
     let mut events = 0usize;
     let mut json_bytes = 0usize;
-    for f in &frames {
+    for f in frames {
         let e = encode(f);
         events += e.items.len();
         json_bytes += e.items.iter().map(|i| i.json.len()).sum::<usize>();
@@ -167,7 +201,7 @@ fn main() {
     let z = Compressor::default();
     let started = Instant::now();
     let mut zstd_bytes = 0usize;
-    for f in &frames {
+    for f in frames {
         let e = encode(f);
         zstd_bytes += e.items.iter().map(|i| i.zstd(&z).len()).sum::<usize>();
     }
@@ -190,4 +224,284 @@ fn main() {
         "jetstream_zstd_ratio: {:.2} x",
         json_bytes as f64 / zstd_bytes.max(1) as f64
     );
+}
+
+const CONSUMERS: usize = 100;
+const RATE: u64 = 10_000;
+const SECONDS: u64 = 10;
+
+fn did(a: usize) -> String {
+    format!("did:plc:bench{a:019}")
+}
+
+/// The 100 consumers' filters, as (query string, collections, DIDs), most of them narrow as an
+/// application's would be: 10 whole streams, 10 compressed whole streams, 20 posts, 20 graph
+/// records, 20 five accounts, 20 a few accounts' likes and reposts.
+fn mix() -> Vec<(String, Vec<String>, Vec<String>)> {
+    let q = |c: &[&str], d: &[String], z: bool| {
+        let mut parts: Vec<String> = c.iter().map(|c| format!("wantedCollections={c}")).collect();
+        parts.extend(d.iter().map(|d| format!("wantedDids={d}")));
+        if z {
+            parts.push("compress=true".into());
+        }
+        (
+            format!("?{}", parts.join("&")),
+            c.iter().map(|s| s.to_string()).collect(),
+            d.to_vec(),
+        )
+    };
+    let mut out = Vec::new();
+    for i in 0..CONSUMERS / 10 {
+        out.push(q(&[], &[], false));
+        out.push(q(&[], &[], true));
+        for _ in 0..2 {
+            out.push(q(&["app.bsky.feed.post"], &[], false));
+            out.push(q(&["app.bsky.graph.*"], &[], false));
+        }
+        let five: Vec<String> = (0..5).map(|k| did((i * 5 + k) % ACCOUNTS)).collect();
+        out.push(q(&[], &five, false));
+        out.push(q(&[], &five, i % 2 == 0));
+        out.push(q(
+            &["app.bsky.feed.like", "app.bsky.feed.repost"],
+            &five,
+            false,
+        ));
+        out.push(q(&["app.bsky.feed.*"], &five[..2], false));
+    }
+    out
+}
+
+/// Child mode: `jetstream --clients ADDR`, one line per consumer on stdin: `COUNT QUERY`. Each
+/// reads COUNT events and checks that their `time_us` only grows; prints `done` at the end.
+fn clients(addr: &str) {
+    let mut specs = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.expect("stdin");
+        let Some((n, q)) = line.split_once(' ') else {
+            break;
+        };
+        specs.push((n.parse::<u64>().expect("count"), q.to_owned()));
+    }
+    let handles: Vec<_> = specs
+        .into_iter()
+        .map(|(count, q)| {
+            let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/subscribe{q}"))
+                .expect("jetstream subscribe");
+            println!("connected");
+            std::thread::spawn(move || {
+                let mut dict =
+                    zstd::bulk::Decompressor::with_dictionary(rlay::jetstream::encode::DICTIONARY)
+                        .expect("dictionary");
+                let (mut got, mut last) = (0u64, 0i64);
+                while got < count {
+                    let t = match ws.read().expect("read") {
+                        tungstenite::Message::Text(t) => time_us(t.as_bytes()),
+                        tungstenite::Message::Binary(b) => {
+                            got += 1;
+                            // Check one compressed event in 64: decompression is client work.
+                            if got % 64 == 1 {
+                                let json = dict.decompress(&b, 1 << 20).expect("zstd");
+                                assert!(time_us(&json) > 0, "a compressed event decodes");
+                            }
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    assert!(t > last, "time_us went {last} -> {t}");
+                    last = t;
+                    got += 1;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("client");
+    }
+    println!("done");
+}
+
+fn time_us(json: &[u8]) -> i64 {
+    let key = b"\"time_us\":";
+    let at = json
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("time_us")
+        + key.len();
+    json[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0i64, |n, b| n * 10 + i64::from(b - b'0'))
+}
+
+fn deliveries_part(events: &[Event], frames: &[LogFrame]) {
+    let count = RATE * SECONDS;
+    let mix = mix();
+    // What each consumer must receive: the frames are sent over and over, in order.
+    let encoded: Vec<_> = frames.iter().map(encode).collect();
+    let expected: Vec<u64> = mix
+        .iter()
+        .map(|(_, c, d)| {
+            let f = Filter::new(c, d, 0).expect("filter");
+            let per_round: Vec<u64> = encoded
+                .iter()
+                .map(|e| {
+                    e.items
+                        .iter()
+                        .filter(|i| f.wants(&e.did, i.collection.as_deref()))
+                        .count() as u64
+                })
+                .collect();
+            (0..count as usize)
+                .map(|n| per_round[n % per_round.len()])
+                .sum()
+        })
+        .collect();
+    let total: u64 = expected.iter().sum();
+    assert!(
+        expected.iter().all(|&n| n > 0),
+        "every filter wants something: {:?}",
+        mix.iter()
+            .zip(&expected)
+            .filter(|(_, n)| **n == 0)
+            .map(|(m, _)| &m.0)
+            .collect::<Vec<_>>()
+    );
+
+    let dir = tempfile::tempdir().expect("dir");
+    let stream = Stream::open(&dir.path().join("events"), StreamConfig::default()).expect("stream");
+    let addr = Front::serve_stream(stream.hub().clone(), Arc::new(AtomicBool::new(false)))
+        .expect("server");
+    let mut child = Command::new(std::env::current_exe().expect("exe"))
+        .args(["--clients", &addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn clients");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        for ((q, _, _), n) in mix.iter().zip(&expected) {
+            writeln!(stdin, "{n} {q}").expect("send specs");
+        }
+    }
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    for _ in 0..CONSUMERS {
+        line.clear();
+        out.read_line(&mut line).expect("child output");
+    }
+    while stream.hub().consumers().len() < CONSUMERS {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let lag = {
+        let (hub, done) = (stream.hub().clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut worst = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let head = hub.ring().head();
+                for c in hub.consumers() {
+                    worst = worst.max(head.saturating_sub(c.cursor()));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            worst
+        })
+    };
+    let cpu0 = procstat::cpu_seconds(None);
+    let start = Instant::now();
+    for n in 1..=count {
+        stream
+            .sequencer()
+            .emit(&events[(n as usize - 1) % events.len()]);
+        if n % (RATE / 1000) == 0 {
+            let due = start + Duration::from_micros(n * 1_000_000 / RATE);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    let emitted = start.elapsed();
+    line.clear();
+    out.read_line(&mut line).expect("child finished");
+    assert_eq!(line.trim(), "done", "every consumer received its events");
+    let elapsed = start.elapsed();
+    let cpu = procstat::cpu_seconds(None) - cpu0;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = lag.join().expect("lag sampler");
+    let _ = child.wait();
+    stream.shutdown();
+    println!("jetstream_consumers: {CONSUMERS}");
+    println!("jetstream_publish_rate: {RATE} events/s");
+    println!("jetstream_deliveries: {total} deliveries");
+    println!(
+        "jetstream_deliveries_per_sec: {:.0} deliveries/s",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "jetstream_cpu_us_per_delivery: {:.3} us",
+        cpu * 1e6 / total as f64
+    );
+    println!(
+        "jetstream_drain_ms: {:.0} ms",
+        (elapsed - emitted).as_secs_f64() * 1000.0
+    );
+    println!("jetstream_max_lag_events: {worst} events");
+}
+
+fn relay_part() {
+    let without = harness::throughput(&[]);
+    let queries = [
+        "",
+        "",
+        "?compress=true",
+        "?compress=true",
+        "?wantedCollections=app.bsky.feed.post",
+        "?wantedCollections=app.bsky.feed.post",
+        "?wantedCollections=app.bsky.feed.like",
+        "?wantedCollections=app.bsky.graph.*",
+        "?wantedCollections=app.bsky.feed.*&compress=true",
+        "?wantedCollections=app.bsky.actor.profile",
+    ];
+    let with = harness::throughput(&queries);
+    println!(
+        "relay_events_per_sec_without_jetstream: {:.0} events/s",
+        without.events as f64 / without.secs
+    );
+    println!(
+        "relay_events_per_sec_with_jetstream: {:.0} events/s",
+        with.events as f64 / with.secs
+    );
+    println!(
+        "relay_cpu_us_per_event_without_jetstream: {:.1} us",
+        without.cpu_us_per_event
+    );
+    println!(
+        "relay_cpu_us_per_event_with_jetstream: {:.1} us",
+        with.cpu_us_per_event
+    );
+    println!(
+        "jetstream_cpu_overhead_pct: {:.1} %",
+        (with.cpu_us_per_event / without.cpu_us_per_event - 1.0) * 100.0
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--clients") {
+        clients(&args[i + 1]);
+        return;
+    }
+    let only = |part: &str| !args.iter().any(|a| a == "--part") || args.iter().any(|a| a == part);
+    let events = events();
+    let frames = log_frames(&events);
+    if only("encode") {
+        encode_part(&frames);
+    }
+    if only("deliveries") {
+        deliveries_part(&events, &frames);
+    }
+    if only("relay") {
+        relay_part();
+    }
 }

@@ -13,40 +13,17 @@
 mod harness;
 mod procstat;
 
-use harness::{
-    consume, crawl, free_port, k256_network, plan, spawn_relay, valid, wait_connected, wait_for,
-};
-use rlay::sim::traffic::Rng;
+use harness::{consume, crawl, free_port, spawn_relay, wait_connected};
 use rlay::sim::{LedgerEntry, Sim, SimConfig};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn throughput() {
-    let (sim, _dir, port, relay) = k256_network(40);
-    let mut rng = Rng::new(5);
-    let planned = plan(&sim, &mut rng, 120_000);
-    let n = valid(&planned) as u64;
-    let got = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let g = got.clone();
-    let c = consume(port, stop.clone(), move |_| {
-        g.fetch_add(1, Ordering::Relaxed);
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let cpu0 = procstat::cpu_seconds(Some(relay.0.id()));
-    let t0 = Instant::now();
-    for p in planned {
-        sim.world().emit(p);
-    }
-    let secs = wait_for(&got, n, 180).duration_since(t0).as_secs_f64();
-    let cpu = procstat::cpu_seconds(Some(relay.0.id())) - cpu0;
-    stop.store(true, Ordering::Relaxed);
-    let _ = c.join();
-    drop(relay);
-    println!("relay_events_verified: {n}");
-    println!("relay_events_per_sec: {:.0}", n as f64 / secs);
-    println!("relay_cpu_us_per_event: {:.1}", cpu * 1e6 / n as f64);
+    let t = harness::throughput(&[]);
+    println!("relay_events_verified: {}", t.events);
+    println!("relay_events_per_sec: {:.0}", t.events as f64 / t.secs);
+    println!("relay_cpu_us_per_event: {:.1}", t.cpu_us_per_event);
 }
 
 fn many_hosts() {

@@ -23,6 +23,11 @@ use tungstenite::{Message, WebSocket};
 /// Client messages larger than this close the connection (1009); a 10,000-DID update is ~450 KB.
 const MAX_CLIENT_MESSAGE: usize = 2 << 20;
 
+/// While events flow, a consumer lets this long of them gather before it looks again, instead
+/// of waking for each one: a wake-up (futex, write, context switch) per event per consumer was
+/// most of what Jetstream cost the relay. It bounds the latency it adds.
+const LINGER: Duration = Duration::from_millis(2);
+
 /// Shared by every Jetstream consumer.
 pub struct Jetstream {
     hub: Arc<Hub>,
@@ -149,59 +154,58 @@ impl Jetstream {
         let mut follow = Follower::new(&hub.ring, &hub.log, last);
         let mut last_write = Instant::now();
         let mut last_progress = Instant::now();
+        let mut last_read = Instant::now();
+        let compressed = if s.compress { "true" } else { "false" };
+        let mut streaming = false;
         loop {
             if hub.shutdown.load(Ordering::Relaxed) {
                 close(ws, CloseCode::Away, "server shutting down");
                 return Err("relay shutting down".into());
             }
-            let mut sent = 0usize;
+            let (mut sent, mut bytes, mut frames) = (0u64, 0u64, 0usize);
             let mut stuck = false;
-            while sent < 256 {
+            while sent < 256 && !stuck {
                 let f: Arc<LogFrame> = match follow.next_frame() {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => return Err(format!("cannot read the event log: {e}")),
                 };
+                frames += 1;
                 s.info.cursor.store(f.seq, Ordering::Relaxed);
                 if f.is_repo_event() && hub.hidden.hides(f.did_hash) {
                     continue;
                 }
                 let e = self.cache.get(&f);
                 for item in &e.items {
-                    if item.time_us < s.from_time
-                        || !s.filter.wants(&e.did, item.collection.as_deref())
-                        || (s.filter.max_message_size() > 0
-                            && item.json.len() > s.filter.max_message_size())
-                    {
+                    if !s.wants(&e, item) {
                         continue;
                     }
-                    let msg = if s.compress {
-                        Message::Binary(item.zstd(&self.compressor).clone())
+                    let (msg, n) = if s.compress {
+                        let z = item.zstd(&self.compressor);
+                        (Message::Binary(z.clone()), z.len())
                     } else {
-                        Message::Text(item.json.clone())
-                    };
-                    let n = match &msg {
-                        Message::Binary(b) => b.len(),
-                        Message::Text(t) => t.len(),
-                        _ => 0,
+                        (Message::Text(item.json.clone()), item.json.len())
                     };
                     match ws.write(msg) {
                         Ok(()) => {}
-                        Err(e) if crate::util::net::ws_timed_out(&e) => {
-                            stuck = true;
-                            break;
-                        }
+                        // Queued, but the socket is full: flush below decides.
+                        Err(e) if crate::util::net::ws_timed_out(&e) => stuck = true,
                         Err(e) => return Err(format!("write failed: {e}")),
                     }
                     sent += 1;
-                    s.info.events_sent.fetch_add(1, Ordering::Relaxed);
-                    s.info.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-                    metrics::counter!("rlay_jetstream_events_sent_total").increment(1);
-                    metrics::counter!("rlay_jetstream_bytes_sent_total", "compressed" => if s.compress { "true" } else { "false" }).increment(n as u64);
+                    bytes += n as u64;
+                    if stuck {
+                        break;
+                    }
                 }
-                if stuck {
-                    break;
-                }
+            }
+            // Counted once per batch: a metrics lookup per event is most of a delivery's cost.
+            if sent > 0 {
+                s.info.events_sent.fetch_add(sent, Ordering::Relaxed);
+                s.info.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+                metrics::counter!("rlay_jetstream_events_sent_total").increment(sent);
+                metrics::counter!("rlay_jetstream_bytes_sent_total", "compressed" => compressed)
+                    .increment(bytes);
             }
             match ws.flush() {
                 Ok(()) => {
@@ -219,8 +223,18 @@ impl Jetstream {
                 }
                 Err(e) => return Err(format!("write failed: {e}")),
             }
-            s.read_client(ws)?;
-            if sent == 0 {
+            // The client's messages are read every 50 ms, not on every wake-up: each read is a
+            // syscall that waits out the socket's 1 ms read timeout when nothing came.
+            if last_read.elapsed() >= Duration::from_millis(50) {
+                s.read_client(ws)?;
+                last_read = Instant::now();
+            }
+            if frames > 0 {
+                streaming = true;
+            } else if streaming {
+                streaming = false;
+                std::thread::sleep(LINGER);
+            } else {
                 if last_write.elapsed() >= Duration::from_secs(30) {
                     let _ = ws.send(Message::Ping(Bytes::new()));
                     last_write = Instant::now();
@@ -249,6 +263,16 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// Whether this consumer is sent `item` of `did`'s frame.
+    fn wants(&self, e: &super::encode::Encoded, item: &super::encode::Item) -> bool {
+        let max = self.filter.max_message_size();
+        item.time_us >= self.from_time
+            && self
+                .filter
+                .wants_hashed(e.did_hash, &e.did, item.collection())
+            && (max == 0 || item.json.len() <= max)
+    }
+
     fn describe(&self) {
         let (collections, dids) = self.filter.describe();
         self.info.set_detail(serde_json::json!({

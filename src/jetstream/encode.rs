@@ -20,12 +20,21 @@ pub struct Item {
     pub time_us: i64,
     /// The record's collection (commit ops); `None` for identity and account events.
     pub collection: Option<String>,
+    /// `did_hash` of the collection, for filters.
+    collection_hash: u64,
     /// The JSON text, shared by every uncompressed consumer as it is sent.
     pub json: tungstenite::Utf8Bytes,
     zstd: OnceLock<Bytes>,
 }
 
 impl Item {
+    /// The collection and its hash, as `Filter::wants_hashed` takes them.
+    pub fn collection(&self) -> Option<(u64, &str)> {
+        self.collection
+            .as_deref()
+            .map(|c| (self.collection_hash, c))
+    }
+
     /// The event as one zstd frame with the v1 dictionary, made on first use.
     pub fn zstd(&self, z: &Compressor) -> &Bytes {
         self.zstd.get_or_init(|| z.compress(self.json.as_bytes()))
@@ -37,6 +46,8 @@ impl Item {
 pub struct Encoded {
     pub seq: u64,
     pub did: String,
+    /// `did_hash` of `did`, for filters.
+    pub did_hash: u64,
     pub items: Vec<Item>,
 }
 
@@ -56,6 +67,7 @@ fn item(did: &str, time_us: i64, kind: &str, body: &[u8], collection: Option<Str
     out.push(b'}');
     Item {
         time_us,
+        collection_hash: collection.as_deref().map_or(0, crate::util::did_hash),
         collection,
         // Only serde_json and ASCII went in; the check is the one UTF-8 validation it gets.
         json: tungstenite::Utf8Bytes::try_from(out).unwrap_or_default(),
@@ -68,17 +80,24 @@ pub fn encode(f: &LogFrame) -> Encoded {
     let mut e = Encoded {
         seq: f.seq,
         did: String::new(),
+        did_hash: 0,
         items: Vec::new(),
     };
     let Ok(event) = frame::decode(&f.bytes) else {
         return e;
     };
+    encode_event(event, f.time_us, &mut e);
+    e.did_hash = crate::util::did_hash(&e.did);
+    e
+}
+
+fn encode_event(event: Event, time: i64, e: &mut Encoded) {
     match event {
         Event::Commit(c) => {
             e.did = c.repo.clone();
-            let car = Car::parse(&c.blocks).ok();
+            let car = Car::parse_verified_earlier(&c.blocks).ok();
             for (k, op) in c.ops.iter().enumerate() {
-                let time_us = f.time_us + k as i64;
+                let time_us = time + k as i64;
                 let Some((collection, rkey)) = op.path.split_once('/') else {
                     continue;
                 };
@@ -101,7 +120,7 @@ pub fn encode(f: &LogFrame) -> Encoded {
                         continue;
                     };
                     body.extend_from_slice(b",\"record\":");
-                    let _ = serde_json::to_writer(&mut body, &record.to_json());
+                    record.write_json(&mut body);
                     body.extend_from_slice(b",\"cid\":");
                     push_str(&mut body, &cid.to_string());
                 }
@@ -125,7 +144,7 @@ pub fn encode(f: &LogFrame) -> Encoded {
             body.insert("time".into(), i.time.clone().into());
             let body = serde_json::Value::Object(body).to_string();
             e.items
-                .push(item(&i.did, f.time_us, "identity", body.as_bytes(), None));
+                .push(item(&i.did, time, "identity", body.as_bytes(), None));
             e.did = i.did;
         }
         Event::Account(a) => {
@@ -139,35 +158,52 @@ pub fn encode(f: &LogFrame) -> Encoded {
             body.insert("time".into(), a.time.clone().into());
             let body = serde_json::Value::Object(body).to_string();
             e.items
-                .push(item(&a.did, f.time_us, "account", body.as_bytes(), None));
+                .push(item(&a.did, time, "account", body.as_bytes(), None));
             e.did = a.did;
         }
         _ => {}
     }
-    e
 }
+
+/// The v1 dictionary, prepared once for the process.
+fn prepared() -> &'static zstd::dict::EncoderDictionary<'static> {
+    static DICT: OnceLock<zstd::dict::EncoderDictionary<'static>> = OnceLock::new();
+    DICT.get_or_init(|| zstd::dict::EncoderDictionary::copy(DICTIONARY, 3))
+}
+
+/// Compressor contexts kept for reuse: making one per event was a tenth of a delivery's cost.
+const POOLED: usize = 4;
 
 /// Compresses events with the v1 dictionary: one self-contained frame each, with the content
 /// size and dictionary ID in its header and a 128 KiB window, as the v1 server wrote them.
+#[derive(Default)]
 pub struct Compressor {
-    dict: zstd::dict::EncoderDictionary<'static>,
-}
-
-impl Default for Compressor {
-    fn default() -> Self {
-        Compressor {
-            dict: zstd::dict::EncoderDictionary::copy(DICTIONARY, 3),
-        }
-    }
+    pool: Mutex<Vec<zstd::bulk::Compressor<'static>>>,
 }
 
 impl Compressor {
+    fn context() -> std::io::Result<zstd::bulk::Compressor<'static>> {
+        let mut c = zstd::bulk::Compressor::with_prepared_dictionary(prepared())?;
+        c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(17))?;
+        c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
+        Ok(c)
+    }
+
     pub fn compress(&self, json: &[u8]) -> Bytes {
-        let made =
-            zstd::bulk::Compressor::with_prepared_dictionary(&self.dict).and_then(|mut c| {
-                c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(17))?;
-                c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
-                c.compress(json)
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let made = pooled
+            .map_or_else(Compressor::context, Ok)
+            .and_then(|mut c| {
+                let out = c.compress(json);
+                let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+                if pool.len() < POOLED {
+                    pool.push(c);
+                }
+                out
             });
         match made {
             Ok(b) => Bytes::from(b),
@@ -182,34 +218,70 @@ impl Compressor {
 }
 
 /// Encoded events by seq, so each frame is turned into JSON (and zstd) once however many
-/// consumers read it. Slots are overwritten by newer seqs; a miss just encodes again.
+/// consumers read it, even when they reach it at the same moment. Slots are overwritten by
+/// newer seqs; a consumer far behind (reading the disk log) may encode again.
 pub struct Cache {
-    slots: Vec<Mutex<Option<Arc<Encoded>>>>,
+    slots: Vec<arc_swap::ArcSwapOption<Slot>>,
 }
+
+/// One seq's events, encoded by whichever consumer gets there first while the others wait.
+pub struct Slot {
+    seq: u64,
+    encoded: OnceLock<Encoded>,
+}
+
+/// A frame's shared events.
+#[derive(Clone)]
+pub struct Cached(Arc<Slot>);
+
+impl std::ops::Deref for Cached {
+    type Target = Encoded;
+    fn deref(&self) -> &Encoded {
+        // `Cache::get` initialises the cell before handing a `Cached` out.
+        self.0.encoded.get().unwrap_or(&EMPTY)
+    }
+}
+
+static EMPTY: Encoded = Encoded {
+    seq: 0,
+    did: String::new(),
+    did_hash: 0,
+    items: Vec::new(),
+};
 
 impl Cache {
     pub fn new(capacity: usize) -> Cache {
         Cache {
-            slots: (0..capacity.max(1)).map(|_| Mutex::new(None)).collect(),
+            slots: (0..capacity.max(1))
+                .map(|_| arc_swap::ArcSwapOption::empty())
+                .collect(),
         }
     }
 
-    pub fn get(&self, f: &LogFrame) -> Arc<Encoded> {
-        let slot = &self.slots[(f.seq % self.slots.len() as u64) as usize];
-        if let Some(e) = slot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .filter(|e| e.seq == f.seq)
-        {
-            return e.clone();
-        }
-        let e = Arc::new(encode(f));
-        metrics::counter!("rlay_jetstream_frames_encoded_total").increment(1);
-        let mut s = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if s.as_ref().is_none_or(|old| old.seq < e.seq) {
-            *s = Some(e.clone());
-        }
-        e
+    /// Lock-free unless another consumer is encoding the same frame right now.
+    pub fn get(&self, f: &LogFrame) -> Cached {
+        let at = &self.slots[(f.seq % self.slots.len() as u64) as usize];
+        let current = at.load_full().filter(|s| s.seq == f.seq);
+        let slot = current.unwrap_or_else(|| {
+            let fresh = Arc::new(Slot {
+                seq: f.seq,
+                encoded: OnceLock::new(),
+            });
+            // Keep the newer of what is there and this; if another consumer installed this seq
+            // first, use its slot.
+            let before = at.rcu(|old| match old {
+                Some(o) if o.seq >= f.seq => Some(o.clone()),
+                _ => Some(fresh.clone()),
+            });
+            match before {
+                Some(o) if o.seq == f.seq => o,
+                _ => fresh,
+            }
+        });
+        slot.encoded.get_or_init(|| {
+            metrics::counter!("rlay_jetstream_frames_encoded_total").increment(1);
+            encode(f)
+        });
+        Cached(slot)
     }
 }

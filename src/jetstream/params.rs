@@ -3,20 +3,64 @@
 //! error texts follow the v1 server (see `../shared/spec/jetstream.md` §1, §2).
 
 use crate::proto::syntax::{is_valid_did, is_valid_nsid};
-use std::collections::HashSet;
+use crate::util::{PrehashedMap, did_hash};
 
 pub const MAX_COLLECTIONS: usize = 100;
 pub const MAX_DIDS: usize = 10_000;
+
+/// Values keyed by their `did_hash`, so a check against an event's precomputed hash costs no
+/// string hashing (colliding values share a slot).
+#[derive(Clone, Default)]
+struct HashedSet(PrehashedMap<Vec<String>>);
+
+impl HashedSet {
+    fn insert(&mut self, v: &str) {
+        let slot = self.0.entry(did_hash(v)).or_default();
+        if !slot.iter().any(|x| x == v) {
+            slot.push(v.to_owned());
+        }
+    }
+    fn contains(&self, hash: u64, v: &str) -> bool {
+        self.0.get(&hash).is_some_and(|s| s.iter().any(|x| x == v))
+    }
+    fn len(&self) -> usize {
+        self.0.values().map(Vec::len).sum()
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn values(&self) -> impl Iterator<Item = &String> {
+        self.0.values().flatten()
+    }
+}
+
+impl PartialEq for HashedSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && self
+                .0
+                .iter()
+                .all(|(h, vs)| vs.iter().all(|v| other.contains(*h, v)))
+    }
+}
+
+impl Eq for HashedSet {}
+
+impl std::fmt::Debug for HashedSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.values()).finish()
+    }
+}
 
 /// Which events a consumer wants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     /// Exact collection NSIDs; empty with no prefixes: every collection.
-    collections: HashSet<String>,
+    collections: HashedSet,
     /// `app.bsky.graph.*` is kept as `app.bsky.graph.` and matched as a prefix.
     prefixes: Vec<String>,
     /// Empty: every DID.
-    dids: HashSet<String>,
+    dids: HashedSet,
     /// Events whose JSON is longer are skipped (0: no cap).
     max_message_size: usize,
 }
@@ -39,9 +83,7 @@ impl Filter {
                         f.prefixes.push(head.to_owned());
                     }
                 }
-                _ if is_valid_nsid(c) => {
-                    f.collections.insert(c.clone());
-                }
+                _ if is_valid_nsid(c) => f.collections.insert(c),
                 _ => return Err(format!("invalid collection: {c}")),
             }
         }
@@ -55,7 +97,7 @@ impl Filter {
             if !is_valid_did(d) {
                 return Err(format!("invalid DID: {d}"));
             }
-            f.dids.insert(d.clone());
+            f.dids.insert(d);
         }
         if f.dids.len() > MAX_DIDS {
             return Err(format!(
@@ -69,14 +111,21 @@ impl Filter {
     /// Whether an event of `did` (and, for a commit op, `collection`) passes. Identity and
     /// account events (`collection` None) are not filtered by collection.
     pub fn wants(&self, did: &str, collection: Option<&str>) -> bool {
-        if !self.dids.is_empty() && !self.dids.contains(did) {
+        self.wants_hashed(did_hash(did), did, collection.map(|c| (did_hash(c), c)))
+    }
+
+    /// `wants`, given each value's `did_hash` as computed once when the event was encoded.
+    pub fn wants_hashed(&self, did_h: u64, did: &str, collection: Option<(u64, &str)>) -> bool {
+        if !self.dids.is_empty() && !self.dids.contains(did_h, did) {
             return false;
         }
-        let Some(c) = collection else { return true };
+        let Some((ch, c)) = collection else {
+            return true;
+        };
         if self.collections.is_empty() && self.prefixes.is_empty() {
             return true;
         }
-        self.collections.contains(c) || self.prefixes.iter().any(|p| c.starts_with(p.as_str()))
+        self.collections.contains(ch, c) || self.prefixes.iter().any(|p| c.starts_with(p.as_str()))
     }
 
     pub fn max_message_size(&self) -> usize {
@@ -85,7 +134,7 @@ impl Filter {
 
     /// For the admin consumer list: (collections and prefixes, DID count).
     pub fn describe(&self) -> (Vec<String>, usize) {
-        let mut c: Vec<String> = self.collections.iter().cloned().collect();
+        let mut c: Vec<String> = self.collections.values().cloned().collect();
         c.extend(self.prefixes.iter().map(|p| format!("{p}*")));
         c.sort();
         (c, self.dids.len())

@@ -35,6 +35,29 @@ pub fn did_hash(did: &str) -> u64 {
     h
 }
 
+/// A hasher for keys that are already hashes (`did_hash` values): the key is the hash.
+#[derive(Default, Clone, Copy)]
+pub struct PrehashedKey(u64);
+
+impl std::hash::Hasher for PrehashedKey {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are meant; anything else still hashes, just not well.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// A map keyed by `did_hash` values.
+pub type PrehashedMap<V> =
+    std::collections::HashMap<u64, V, std::hash::BuildHasherDefault<PrehashedKey>>;
+
 /// Encodes a query component: everything but RFC 3986's unreserved characters as `%XX`.
 pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The relay checked from outside by Bluesky's own code (issue 5), and its Jetstream by a
-# published Jetstream client (issue 16):
+# The relay checked from outside by Bluesky's own code (issue 5), and its Jetstream by published
+# Jetstream clients from npm and PyPI (issue 16):
 #   rlay sim (20 hosts, 6 with faults) + Bluesky's reference PDS  ->  rlay serve (SQLite default, insecure hosts)
 #   ->  @atproto/sync's verifying Firehose (keys from the simulated PLC), which must report zero errors.
 # The PDS's events as seen through the relay must match what the PDS's own firehose says.
-# Needs node >= 18 and npm (registry access for the first `npm install`). Run: `just external`.
+# Needs node >= 18 and npm, Python >= 3.12 and openssl (registry access for the first install).
+# Run: `just external`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -75,6 +76,25 @@ cat "$work/live.json"
 # A published Jetstream client (@skyware/jetstream) on the relay's /subscribe, filtered to posts.
 node jetstream.js ws://127.0.0.1:3000/subscribe 10 > "$work/jetstream.json" || status=1
 cat "$work/jetstream.json"
+# And from Python (PyPI): atproto_jetstream over a past window, against a compressed reader
+# decoding with the v1 dictionary; both must hold the same events.
+py=""
+for c in python3.14 python3.13 python3.12 python3; do
+  if command -v "$c" > /dev/null && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2> /dev/null; then
+    py=$c; break
+  fi
+done
+if [ -z "$py" ]; then
+  echo "no Python >= 3.12 (atproto_jetstream needs it): the Python Jetstream check cannot run"; status=1
+else
+  [ -x .venv/bin/python ] || "$py" -m venv .venv
+  .venv/bin/pip install -q -r requirements.txt
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/tls.key" -out "$work/tls.pem" -days 1 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost 2> /dev/null
+  SSL_CERT_FILE="$work/tls.pem" .venv/bin/python jetstream.py 3000 "$root/../shared/jetstream/legacy_subscribe.zdict" \
+    "$work/tls.pem" "$work/tls.key" > "$work/jetstream-py.json" || status=1
+  cat "$work/jetstream-py.json"
+fi
 
 # Throttled accounts made whole: a relay with an account limit of 1 on one simulated host of three
 # accounts drops the throttled accounts' commits; raising the limit emits a #sync for each, which

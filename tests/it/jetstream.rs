@@ -23,6 +23,21 @@ fn connect(addr: std::net::SocketAddr, query: &str) -> Ws {
     ws
 }
 
+/// A consumer whose receive buffer is 4 KiB (set before connecting, so it holds).
+fn connect_small_window(addr: std::net::SocketAddr) -> Ws {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let tcp: TcpStream = s.into();
+    tcp.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let (ws, resp) =
+        tungstenite::client(format!("ws://{addr}/subscribe"), MaybeTlsStream::Plain(tcp))
+            .expect("jetstream upgrade");
+    assert_eq!(resp.status().as_u16(), 101);
+    ws
+}
+
 /// Reads events (decompressing with the v1 dictionary if binary) until `n` arrived or `secs`.
 fn read(ws: &mut Ws, n: usize, secs: u64) -> Vec<Json> {
     let dict = std::fs::read(crate::common::shared("jetstream/legacy_subscribe.zdict")).unwrap();
@@ -266,5 +281,100 @@ fn a_time_us_cursor_replays_exactly_what_the_live_stream_showed() {
     assert!(everything.len() > shown.len() && everything.ends_with(&shown));
     let mut future = connect(a, &format!("?cursor={}", first * 2));
     assert!(read(&mut future, 1, 1).is_empty());
+    relay.shutdown();
+}
+
+/// Posts `n` times as each of `dids`.
+fn post_all(sim: &rlay::sim::Sim, dids: &[String], n: usize, text: &str) {
+    for i in 0..n {
+        for d in dids {
+            sim.world().post(d, &format!("{text} {i}")).unwrap();
+        }
+    }
+}
+
+#[test]
+fn replay_across_a_relay_restart_shows_the_same_time_us_as_live() {
+    use crate::common::relay::{ADMIN_PW, free_port, spawn_serve};
+    let sim = rlay::sim::Sim::start(&rlay::sim::SimConfig {
+        hosts: 1,
+        accounts_per_host: 0,
+        ..rlay::sim::SimConfig::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let flags = [format!("--plc-host={}", sim.world().plc_url())];
+    let admin = rlay::sim::admin::RelayAdmin::new(&format!("http://127.0.0.1:{port}"), ADMIN_PW);
+    let connected =
+        |want: usize| wait_until(20, "the host connected", || admin.connected().len() == want);
+    let mut relay = spawn_serve(dir.path(), port, &flags);
+    admin.request_crawl(&sim.hostnames()[0]).unwrap();
+    connected(1);
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut live = connect(addr, "");
+    for _ in 0..2 {
+        sim.world().create_account(0, None).unwrap();
+    }
+    let dids = sim.world().dids();
+    post_all(&sim, &dids, 3, "before");
+    // Each account: #identity, #account, a profile or none, then 3 posts; read until quiet.
+    let before = read(&mut live, 10_000, 5);
+    assert!(before.len() >= 6, "{before:?}");
+
+    // SIGKILL: the times must come back from the log, not from memory.
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    let mut relay = spawn_serve(dir.path(), port, &flags);
+    connected(1);
+    let mut live = connect(addr, "");
+    post_all(&sim, &dids, 2, "after");
+    let after = read(&mut live, 4, 15);
+    assert_eq!(after.len(), 4, "{after:?}");
+    let t = |e: &Json| e["time_us"].as_i64().unwrap();
+    assert!(
+        t(&after[0]) > t(before.last().unwrap()),
+        "time_us keeps growing after a restart"
+    );
+
+    let mut replay = connect(addr, &format!("?cursor={}", t(&before[0])));
+    let all = read(&mut replay, before.len() + after.len(), 15);
+    assert_eq!(
+        all[..before.len()],
+        before[..],
+        "replayed = live, same time_us"
+    );
+    assert_eq!(all[before.len()..], after[..]);
+    relay.kill().unwrap();
+    let _ = relay.wait();
+}
+
+#[test]
+fn a_slow_consumer_falls_back_to_the_log_and_does_not_delay_a_fast_one() {
+    // A ring of 64 frames: the stalled consumer is soon served from the disk log.
+    let (sim, _dir, relay) = live_network(1, 2, &[("ring-capacity", "64")]);
+    settle(&relay);
+    let dids = sim.world().dids();
+    let a = relay.api_addr();
+    let mut slow = connect_small_window(a);
+    let mut fast = connect(a, "?compress=true");
+    wait_until(5, "consumers registered", || relay.consumer_count() == 2);
+    // ~6 MB of JSON: more than the socket buffers hold, so the slow consumer's thread is held up
+    // writing and falls behind the ring.
+    let long = "x".repeat(3000);
+    let reader = std::thread::spawn(move || read(&mut fast, 2000, 90));
+    post_all(&sim, &dids, 1000, &long);
+    let posted = Instant::now();
+    let fast_got = reader.join().unwrap();
+    let fast_lag = posted.elapsed().as_secs_f64();
+    assert_eq!(fast_got.len(), 2000, "the fast consumer got every post");
+    // The slow one has not read a byte yet; now it does, and gets every post in order.
+    let slow_got = read(&mut slow, 2000, 60);
+    assert_eq!(slow_got.len(), 2000);
+    assert_eq!(slow_got, fast_got, "the same events, from the log");
+    assert!(
+        fast_lag < 5.0,
+        "the fast consumer had the last post {fast_lag:.1} s after it was made"
+    );
     relay.shutdown();
 }
