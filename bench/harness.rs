@@ -193,8 +193,9 @@ pub struct Throughput {
 /// The relay bench's throughput run: 40 hosts × 5 k256 accounts, the realistic mix signed ahead
 /// and released at once, read by one firehose consumer and by one Jetstream consumer per entry of
 /// `jetstream` (its query string). The clock stops once the firehose consumer has every event and
-/// the Jetstream consumers have gone quiet; the CPU is the relay process's alone.
-pub fn throughput(jetstream: &[&str]) -> Throughput {
+/// the Jetstream consumers have gone quiet; the CPU is the relay process's alone. `firehose`
+/// more firehose consumers read along (a yardstick for what a consumer costs).
+pub fn throughput(jetstream: &[&str], firehose: usize) -> Throughput {
     let (sim, _dir, port, relay) = k256_network(40);
     let mut rng = rlay::sim::traffic::Rng::new(5);
     let planned = plan(&sim, &mut rng, 120_000);
@@ -208,6 +209,9 @@ pub fn throughput(jetstream: &[&str]) -> Throughput {
     let readers: Vec<_> = jetstream
         .iter()
         .map(|q| jetstream_reader(port, q, stop.clone()))
+        .collect();
+    let more: Vec<_> = (0..firehose)
+        .map(|_| consume(port, stop.clone(), |_| {}))
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let cpu0 = crate::procstat::cpu_seconds(Some(relay.0.id()));
@@ -229,6 +233,9 @@ pub fn throughput(jetstream: &[&str]) -> Throughput {
     let cpu = crate::procstat::cpu_seconds(Some(relay.0.id())) - cpu0;
     stop.store(true, Ordering::Relaxed);
     let _ = c.join();
+    for h in more {
+        let _ = h.join();
+    }
     for (count, h) in readers {
         let _ = h.join();
         assert!(

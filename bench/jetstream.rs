@@ -12,9 +12,12 @@
 //! order. Prints `jetstream_deliveries_per_sec`, `jetstream_cpu_us_per_delivery` (this process)
 //! and `jetstream_max_lag_events` (the most relay events any consumer was behind the head).
 //!
-//! Part `relay`: the relay bench's throughput run (`cargo bench --bench relay`) without and
-//! then with 10 Jetstream consumers attached. Prints `relay_cpu_us_per_event_without_jetstream`,
-//! `relay_cpu_us_per_event_with_jetstream` and `jetstream_cpu_overhead_pct`.
+//! Part `relay`: the relay bench's throughput run (`cargo bench --bench relay`) without and with
+//! 10 Jetstream consumers attached (mixed: 3 compressed, 6 filtered), alternated and averaged
+//! over two runs each, plus one run with 10 plain (unfiltered, uncompressed) consumers and, as a
+//! yardstick, one with 10 more firehose consumers instead. Prints
+//! `relay_cpu_us_per_event_without_jetstream`, `relay_cpu_us_per_event_with_jetstream`,
+//! `jetstream_cpu_overhead_pct` and the same for the plain consumers.
 //!
 //! `--part NAME` runs one part.
 
@@ -22,6 +25,7 @@ mod harness;
 mod procstat;
 
 use bytes::Bytes;
+use harness::Throughput;
 use rlay::http::front::Front;
 use rlay::jetstream::encode::{Compressor, encode};
 use rlay::jetstream::params::Filter;
@@ -450,8 +454,7 @@ fn deliveries_part(events: &[Event], frames: &[LogFrame]) {
 }
 
 fn relay_part() {
-    let without = harness::throughput(&[]);
-    let queries = [
+    let mixed = [
         "",
         "",
         "?compress=true",
@@ -463,26 +466,56 @@ fn relay_part() {
         "?wantedCollections=app.bsky.feed.*&compress=true",
         "?wantedCollections=app.bsky.actor.profile",
     ];
-    let with = harness::throughput(&queries);
+    let plain = [""; 10];
+    // Alternated, so drift in the machine's speed falls on both sides.
+    let runs: Vec<(&str, Throughput)> = vec![
+        ("without", harness::throughput(&[], 0)),
+        ("mixed", harness::throughput(&mixed, 0)),
+        ("plain", harness::throughput(&plain, 0)),
+        ("firehose", harness::throughput(&[], 10)),
+        ("without", harness::throughput(&[], 0)),
+        ("mixed", harness::throughput(&mixed, 0)),
+    ];
+    let mean = |name: &str, f: &dyn Fn(&Throughput) -> f64| {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.0 == name)
+            .map(|r| f(&r.1))
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let cpu = |t: &Throughput| t.cpu_us_per_event;
+    let rate = |t: &Throughput| t.events as f64 / t.secs;
+    let (without, with, plain_cpu) = (
+        mean("without", &cpu),
+        mean("mixed", &cpu),
+        mean("plain", &cpu),
+    );
     println!(
         "relay_events_per_sec_without_jetstream: {:.0} events/s",
-        without.events as f64 / without.secs
+        mean("without", &rate)
     );
     println!(
         "relay_events_per_sec_with_jetstream: {:.0} events/s",
-        with.events as f64 / with.secs
+        mean("mixed", &rate)
     );
-    println!(
-        "relay_cpu_us_per_event_without_jetstream: {:.1} us",
-        without.cpu_us_per_event
-    );
-    println!(
-        "relay_cpu_us_per_event_with_jetstream: {:.1} us",
-        with.cpu_us_per_event
-    );
+    println!("relay_cpu_us_per_event_without_jetstream: {without:.1} us");
+    println!("relay_cpu_us_per_event_with_jetstream: {with:.1} us");
     println!(
         "jetstream_cpu_overhead_pct: {:.1} %",
-        (with.cpu_us_per_event / without.cpu_us_per_event - 1.0) * 100.0
+        (with / without - 1.0) * 100.0
+    );
+    println!("relay_cpu_us_per_event_with_10_plain_jetstream: {plain_cpu:.1} us");
+    println!(
+        "jetstream_plain_cpu_overhead_pct: {:.1} %",
+        (plain_cpu / without - 1.0) * 100.0
+    );
+    // The yardstick: 10 more firehose consumers instead.
+    let fh = mean("firehose", &cpu);
+    println!("relay_cpu_us_per_event_with_10_more_firehose: {fh:.1} us");
+    println!(
+        "firehose_10_consumers_cpu_overhead_pct: {:.1} %",
+        (fh / without - 1.0) * 100.0
     );
 }
 
