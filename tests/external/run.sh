@@ -79,7 +79,8 @@ cat "$work/jetstream.json"
 # And from Python (PyPI): atproto_jetstream over a past window, against a compressed reader
 # decoding with the v1 dictionary; both must hold the same events.
 py=""
-for c in python3.14 python3.13 python3.12 python3; do
+# $PYTHON if set, else the newest python3.1x on PATH or installed by pyenv.
+for c in ${PYTHON:-} python3.14 python3.13 python3.12 python3 $(ls -d "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python3 2> /dev/null | sort -rV); do
   if command -v "$c" > /dev/null && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2> /dev/null; then
     py=$c; break
   fi
