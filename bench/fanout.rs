@@ -9,19 +9,14 @@
 //! Prints `fanout_deliveries_per_sec`, `fanout_cpu_us_per_delivery` (run 1) and
 //! `fanout_max_deliveries_per_sec`, `fanout_max_cpu_us_per_delivery` (run 2).
 
+mod feed;
 mod wire;
 
 mod procstat;
 
 use bytes::Bytes;
-use rlay::http::front::Front;
 use rlay::proto::frame::{Event, SyncEvent};
-use rlay::stream::{Stream, StreamConfig};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const CONSUMERS: usize = 50;
 const RATE: u64 = 10_000;
@@ -90,51 +85,29 @@ fn read_uint(b: &[u8]) -> (u64, usize) {
 
 /// One run: returns (deliveries per second, relay CPU µs per delivery).
 fn run(rate: Option<u64>, count: u64) -> (f64, f64) {
-    let dir = tempfile::tempdir().expect("dir");
-    let stream = Stream::open(&dir.path().join("events"), StreamConfig::default()).expect("stream");
-    let addr = Front::serve_stream(stream.hub().clone(), Arc::new(AtomicBool::new(false)))
-        .expect("firehose server");
-
-    let exe = std::env::current_exe().expect("exe");
-    let mut child = Command::new(exe)
-        .args([
+    let (_dir, stream, addr) = feed::serve();
+    let clients = feed::Clients::spawn(
+        &[
             "--clients",
             &addr.to_string(),
             &CONSUMERS.to_string(),
             &count.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn clients");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    for _ in 0..CONSUMERS {
-        line.clear();
-        out.read_line(&mut line).expect("child output");
-    }
-    while stream.hub().consumers().len() < CONSUMERS {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        ],
+        "",
+        CONSUMERS,
+        &stream,
+    );
     let cpu0 = procstat::cpu_seconds(None);
     let start = Instant::now();
     for n in 1..=count {
         stream.sequencer().emit(&event(n));
         if let Some(r) = rate {
-            // Pace in 1 ms steps.
-            if n % (r / 1000) == 0 {
-                let due = start + Duration::from_micros(n * 1_000_000 / r);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-            }
+            feed::pace(start, n, r);
         }
     }
-    line.clear();
-    out.read_line(&mut line).expect("child finished");
-    assert_eq!(line.trim(), "done", "every consumer received every frame");
+    clients.finish("every consumer received every frame");
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = procstat::cpu_seconds(None) - cpu0;
-    let _ = child.wait();
     let deliveries = (CONSUMERS as u64 * count) as f64;
     stream.shutdown();
     (deliveries / elapsed, cpu * 1e6 / deliveries)

@@ -21,12 +21,12 @@
 //!
 //! `--part NAME` runs one part.
 
+mod feed;
 mod harness;
 mod procstat;
 
 use bytes::Bytes;
 use harness::Throughput;
-use rlay::http::front::Front;
 use rlay::jetstream::encode::{Compressor, encode};
 use rlay::jetstream::params::Filter;
 use rlay::proto::cbor::value::Value;
@@ -34,9 +34,7 @@ use rlay::proto::crypto::{Curve, PrivateKey};
 use rlay::proto::frame::{self, AccountEvent, Event, IdentityEvent};
 use rlay::sim::repo::{Repo, Write};
 use rlay::stream::eventlog::LogFrame;
-use rlay::stream::{Stream, StreamConfig};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::BufRead;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -371,32 +369,18 @@ fn deliveries_part(events: &[Event], frames: &[LogFrame]) {
             .collect::<Vec<_>>()
     );
 
-    let dir = tempfile::tempdir().expect("dir");
-    let stream = Stream::open(&dir.path().join("events"), StreamConfig::default()).expect("stream");
-    let addr = Front::serve_stream(stream.hub().clone(), Arc::new(AtomicBool::new(false)))
-        .expect("server");
-    let mut child = Command::new(std::env::current_exe().expect("exe"))
-        .args(["--clients", &addr.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn clients");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        for ((q, _, _), n) in mix.iter().zip(&expected) {
-            writeln!(stdin, "{n} {q}").expect("send specs");
-        }
-    }
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    for _ in 0..CONSUMERS {
-        line.clear();
-        out.read_line(&mut line).expect("child output");
-    }
-    while stream.hub().consumers().len() < CONSUMERS {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (_dir, stream, addr) = feed::serve();
+    let specs: String = mix
+        .iter()
+        .zip(&expected)
+        .map(|((q, _, _), n)| format!("{n} {q}\n"))
+        .collect();
+    let clients = feed::Clients::spawn(
+        &["--clients", &addr.to_string()],
+        &specs,
+        CONSUMERS,
+        &stream,
+    );
     let done = Arc::new(AtomicBool::new(false));
     let lag = {
         let (hub, done) = (stream.hub().clone(), done.clone());
@@ -418,22 +402,14 @@ fn deliveries_part(events: &[Event], frames: &[LogFrame]) {
         stream
             .sequencer()
             .emit(&events[(n as usize - 1) % events.len()]);
-        if n % (RATE / 1000) == 0 {
-            let due = start + Duration::from_micros(n * 1_000_000 / RATE);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-        }
+        feed::pace(start, n, RATE);
     }
     let emitted = start.elapsed();
-    line.clear();
-    out.read_line(&mut line).expect("child finished");
-    assert_eq!(line.trim(), "done", "every consumer received its events");
+    clients.finish("every consumer received its events");
     let elapsed = start.elapsed();
     let cpu = procstat::cpu_seconds(None) - cpu0;
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let worst = lag.join().expect("lag sampler");
-    let _ = child.wait();
     stream.shutdown();
     println!("jetstream_consumers: {CONSUMERS}");
     println!("jetstream_publish_rate: {RATE} events/s");

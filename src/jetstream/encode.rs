@@ -87,7 +87,8 @@ pub fn encode(f: &LogFrame) -> Encoded {
         return e;
     };
     encode_event(event, f.time_us, &mut e);
-    e.did_hash = crate::util::did_hash(&e.did);
+    // The sequencer hashed the event's DID into the record already.
+    e.did_hash = f.did_hash;
     e
 }
 

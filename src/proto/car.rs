@@ -111,11 +111,12 @@ impl<'a> Car<'a> {
             pos += slen;
             let (cid, clen) = Cid::read_binary(section).map_err(|_| CarError::BlockCid)?;
             let data = &section[clen..];
-            match if verify {
+            let verified = if verify {
                 cid.verifies(data)
             } else {
                 Some(true)
-            } {
+            };
+            match verified {
                 Some(true) => {
                     blocks.entry(cid).or_insert(data);
                 }

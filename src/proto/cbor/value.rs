@@ -9,6 +9,7 @@ use crate::proto::cid::Cid;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use serde_json::Value as Json;
+use std::io::Write as _;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -229,9 +230,7 @@ impl Value {
             }
         }
     }
-}
 
-impl Value {
     /// Writes the data-model JSON form straight to `out`: the same text as serialising
     /// `to_json()` (keys in byte order, as a JSON object map keeps them) without building the
     /// tree, which was most of the cost of turning a record into Jetstream JSON.
@@ -240,7 +239,9 @@ impl Value {
         match self {
             Value::Null => out.extend_from_slice(b"null"),
             Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-            Value::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
+            Value::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
             Value::Str(s) => {
                 let _ = serde_json::to_writer(&mut *out, s);
             }
@@ -250,9 +251,7 @@ impl Value {
                 out.extend_from_slice(b"\"}");
             }
             Value::Link(c) => {
-                out.extend_from_slice(b"{\"$link\":\"");
-                out.extend_from_slice(c.to_string().as_bytes());
-                out.extend_from_slice(b"\"}");
+                let _ = write!(out, "{{\"$link\":\"{c}\"}}");
             }
             Value::Array(a) => {
                 out.push(b'[');
