@@ -157,6 +157,7 @@ impl Coverage {
             .unwrap_or_default();
         let mut s = HostSummary::default();
         for h in self.hosts.all() {
+            h.sample_rate(now_ms);
             let status = h.status();
             s.known += 1;
             *s.by_status.entry(status.as_str()).or_default() += 1;

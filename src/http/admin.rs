@@ -2,7 +2,7 @@
 //! keep working). Authentication happens in dispatch, before any of these run.
 
 use super::routes::Ctx;
-use super::server::{Req, Resp, internal, json_response, success, xrpc_error};
+use super::server::{Req, Resp, internal, json_response, success, with_header, xrpc_error};
 use crate::ingest::accounts::TAKENDOWN;
 use crate::proto::syntax::{is_normalized_did, is_valid_did, normalize_did};
 use crate::store::HostStatus;
@@ -127,41 +127,155 @@ pub(crate) fn reverse_takedown(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
     found_account(ctx.pipeline.reverse_take_down(&did), &did)
 }
 
+/// One JSON object written field by field: the host list has tens of thousands of objects,
+/// and building a `Value` tree for each cost most of the answer's time.
+struct Obj<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> Obj<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Obj<'a> {
+        out.push(b'{');
+        Obj { out, first: true }
+    }
+
+    fn key(&mut self, k: &str) -> &mut Vec<u8> {
+        if !std::mem::replace(&mut self.first, false) {
+            self.out.push(b',');
+        }
+        // Keys are ASCII literals here: no escaping needed.
+        self.out.push(b'"');
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.out
+    }
+
+    fn raw(&mut self, k: &str, v: &str) -> &mut Self {
+        self.key(k).extend_from_slice(v.as_bytes());
+        self
+    }
+
+    fn str(&mut self, k: &str, v: &str) -> &mut Self {
+        let out = self.key(k);
+        // Writing a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, v);
+        self
+    }
+
+    fn opt_str(&mut self, k: &str, v: Option<&str>) -> &mut Self {
+        match v {
+            Some(v) => self.str(k, v),
+            None => self.raw(k, "null"),
+        }
+    }
+
+    fn int(&mut self, k: &str, v: i64) -> &mut Self {
+        self.raw(k, &v.to_string())
+    }
+
+    fn bool(&mut self, k: &str, v: bool) -> &mut Self {
+        self.raw(k, if v { "true" } else { "false" })
+    }
+
+    fn float(&mut self, k: &str, v: f64) -> &mut Self {
+        let v = if v.is_finite() { v } else { 0.0 };
+        self.raw(k, &format!("{v}"))
+    }
+
+    fn end(&mut self) {
+        self.out.push(b'}');
+    }
+}
+
 pub(crate) fn list_hosts(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    while out.len() < 10_000 {
+    let mut out = Vec::with_capacity(1 << 16);
+    out.push(b'[');
+    let (mut after, mut n) = (0, 0usize);
+    let now = crate::util::now_ms();
+    let when = |ms: i64| crate::logging::format_datetime_ms(ms);
+    while n < 100_000 {
         let rows = ctx.store.list_hosts(after, 1000).map_err(internal)?;
         let Some(l) = rows.last() else { break };
         after = l.id;
         for row in rows {
             let live = ctx.hosts.get(row.id);
-            let connected = live.as_ref().is_some_and(|h| h.connected());
-            let status = live.as_ref().map_or(row.status, |h| h.status());
-            let count = live
-                .as_ref()
-                .map_or(row.account_count, |h| h.account_count());
+            let live = live.as_deref();
+            let connected = live.is_some_and(|h| h.connected());
+            let status = live.map_or(row.status, |h| h.status());
+            let count = live.map_or(row.account_count, |h| h.account_count());
             let alerts = ctx.alerts.host_state(row.id);
+            // indigo's rate-limit settings; rlay does not rate-limit by these.
             let rate = if connected {
-                json!({"Max": 0, "Window": 0})
+                r#"{"Max":0,"Window":0}"#
             } else {
-                json!(-1)
+                "-1"
             };
-            out.push(json!({
-                "ID": row.id, "CreatedAt": crate::logging::format_datetime_ms(row.created_at), "Host": row.hostname,
-                "SSL": !row.no_tls, "Cursor": live.as_ref().map_or(row.last_seq, |h| h.safe_cursor()),
-                "Registered": status == HostStatus::Active, "Blocked": status == HostStatus::Banned,
-                "CrawlRateLimit": 0, "RepoCount": count, "RepoLimit": live.as_ref().map_or(row.account_limit, |h| h.account_limit()),
-                "HasActiveConnection": connected,
-                "EventsSeenSinceStartup": live.as_ref().map_or(0, |h| h.events_received()),
-                "PerSecondEventRate": rate, "PerHourEventRate": rate, "PerDayEventRate": rate,
-                "UserCount": count, "AccountLimitAlertsSilenced": alerts.silenced, "AccountLimitAlertState": alerts.limit_state,
-                "AccountLimitAlertSentAt": alerts.limit_sent_at.map(crate::logging::format_datetime_ms),
-                "Status": status.as_str(), "Trusted": row.trusted,
-            }));
+            if n > 0 {
+                out.push(b',');
+            }
+            n += 1;
+            Obj::new(&mut out)
+                .int("ID", row.id)
+                .str("CreatedAt", &when(row.created_at))
+                .str("Host", &row.hostname)
+                .bool("SSL", !row.no_tls)
+                .int("Cursor", live.map_or(row.last_seq, |h| h.safe_cursor()))
+                .bool("Registered", status == HostStatus::Active)
+                .bool("Blocked", status == HostStatus::Banned)
+                .int("CrawlRateLimit", 0)
+                .int("RepoCount", count)
+                .int(
+                    "RepoLimit",
+                    live.map_or(row.account_limit, |h| h.account_limit()),
+                )
+                .bool("HasActiveConnection", connected)
+                .int(
+                    "EventsSeenSinceStartup",
+                    live.map_or(0, |h| h.events_received() as i64),
+                )
+                .raw("PerSecondEventRate", rate)
+                .raw("PerHourEventRate", rate)
+                .raw("PerDayEventRate", rate)
+                .int("UserCount", count)
+                .bool("AccountLimitAlertsSilenced", alerts.silenced)
+                .str("AccountLimitAlertState", &alerts.limit_state)
+                .opt_str(
+                    "AccountLimitAlertSentAt",
+                    alerts.limit_sent_at.map(when).as_deref(),
+                )
+                .str("Status", status.as_str())
+                .bool("Trusted", row.trusted)
+                .float(
+                    "EventsPerSecond",
+                    live.map_or(0.0, |h| (h.events_per_sec(now) * 100.0).round() / 100.0),
+                )
+                .int(
+                    "EventsToday",
+                    live.map_or(0, |h| h.events_today(now) as i64),
+                )
+                .opt_str(
+                    "ConnectedSince",
+                    live.filter(|_| connected)
+                        .map(|h| when(h.connected_at_ms()))
+                        .as_deref(),
+                )
+                .opt_str(
+                    "LastEventAt",
+                    live.map(|h| h.last_message_ms())
+                        .filter(|&t| t > 0)
+                        .map(when)
+                        .as_deref(),
+                )
+                .end();
         }
     }
-    Ok(json_response(200, &json!(out)))
+    out.push(b']');
+    Ok(with_header(
+        tiny_http::Response::from_data(out),
+        "Content-Type",
+        "application/json; charset=utf-8",
+    ))
 }
 
 pub(crate) fn request_crawl(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
@@ -195,6 +309,7 @@ pub(crate) fn unblock(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
 }
 
 pub(crate) fn consumers(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
+    let head = ctx.hub.ring.head();
     let list: Vec<Value> = ctx
         .hub
         .consumers()
@@ -204,6 +319,7 @@ pub(crate) fn consumers(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
                 "id": c.id(), "kind": c.kind(), "remote_addr": c.remote_addr(), "user_agent": c.user_agent(),
                 "events_consumed": c.events_sent(),
                 "cursor": c.cursor(),
+                "lag": head.saturating_sub(c.cursor()),
                 "bytes_sent": c.bytes_sent(),
                 "connected_at": crate::logging::format_datetime_ms(c.connected_at_ms()),
             });

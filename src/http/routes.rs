@@ -5,7 +5,7 @@
 use super::auth::AdminAuth;
 use super::server::{Req, Resp, json_response, with_header, xrpc_error};
 use super::siblings::Siblings;
-use super::{admin, status, sync};
+use super::{account_info, admin, dash, status, sync};
 use crate::alerts::Alerts;
 use crate::coverage::Coverage;
 use crate::index::CollectionIndex;
@@ -100,6 +100,10 @@ pub static ROUTES: &[Route] = &[
     route(Get, "/xrpc/_health", Public, sync::health),
     route(Get, "/xrpc/_ready", Public, status::ready),
     route(Get, "/status", Public, status::status),
+    route(Get, "/dash", Public, dash::page_bare),
+    route(Get, "/dash/", Public, dash::page_slash),
+    route(Get, "/dash/app.js", Public, dash::script),
+    route(Get, "/dash/app.css", Public, dash::style),
     route(Get, "/xrpc/com.atproto.sync.subscribeRepos", WebSocket, sync::upgrade_required),
     route(Get, "/subscribe", WebSocket, status::jetstream_off),
     route(Get, "/xrpc/com.atproto.sync.listRepos", Public, sync::list_repos),
@@ -123,6 +127,7 @@ pub static ROUTES: &[Route] = &[
     route(Get, "/admin/repo/takedowns", Admin, admin::takedowns),
     route(Post, "/admin/repo/takeDown", Admin, admin::take_down),
     route(Post, "/admin/repo/reverseTakedown", Admin, admin::reverse_takedown),
+    route(Get, "/admin/repo/info", Admin, account_info::repo_info),
     route(Get, "/admin/pds/list", Admin, admin::list_hosts),
     route(Post, "/admin/pds/requestCrawl", Admin, admin::request_crawl),
     route(Post, "/admin/pds/changeLimits", Admin, admin::change_limits),
@@ -161,12 +166,23 @@ pub fn label(path: &str) -> &'static str {
         .map_or("other", |r| r.path)
 }
 
-fn unauthorized() -> Resp {
-    let r = json_response(
+/// A Bearer caller (the dashboard) is challenged for Bearer: a Basic challenge would make a
+/// browser put up its own password prompt over the page.
+fn unauthorized(r: &Req) -> Resp {
+    let resp = json_response(
         401,
         &json!({"error": "Unauthorized", "message": "admin routes need HTTP Basic auth as user admin, or a Bearer password"}),
     );
-    with_header(r, "WWW-Authenticate", "Basic realm=\"rlay admin\"")
+    let bearer = r
+        .authorization
+        .as_deref()
+        .is_some_and(|a| a.trim_start().starts_with("Bearer"));
+    let scheme = if bearer { "Bearer" } else { "Basic" };
+    with_header(
+        resp,
+        "WWW-Authenticate",
+        &format!("{scheme} realm=\"rlay admin\""),
+    )
 }
 
 fn preflight() -> Resp {
@@ -210,7 +226,7 @@ pub(crate) fn dispatch(ctx: Option<&Ctx>, r: &Req) -> (&'static str, Resp) {
     }
     let admin_area = r.path.starts_with("/admin/");
     if admin_area && !ctx.is_some_and(|c| c.admin.allows(r.authorization.as_deref())) {
-        return (label, unauthorized());
+        return (label, unauthorized(r));
     }
     let same_path: Vec<&Route> = ROUTES.iter().filter(|x| x.path == r.path).collect();
     let Some(route) = same_path.iter().find(|x| x.verb.matches(&r.method)) else {

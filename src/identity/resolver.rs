@@ -282,6 +282,27 @@ impl Resolver {
         );
     }
 
+    /// The DID whose cached document declares `handle` (lower-case), if any. A scan of the
+    /// cache: for an operator's lookup, not for the event path.
+    pub fn find_handle(&self, handle: &str) -> Option<String> {
+        let now = Instant::now();
+        self.cache.iter().find_map(|shard| {
+            read(shard).iter().find_map(|(did, e)| {
+                let found = e.expires > now
+                    && e.res.identity().and_then(|i| i.handle.as_deref()) == Some(handle);
+                found.then(|| did.clone())
+            })
+        })
+    }
+
+    /// The cached identity of a DID, without counting a cache hit or miss (operator reads).
+    pub fn peek(&self, did: &str) -> Option<Resolution> {
+        read(self.cache.of(did))
+            .get(did)
+            .filter(|e| e.expires > Instant::now())
+            .map(|e| e.res.clone())
+    }
+
     /// Forgets a DID (on `#identity`, and before a refresh-and-retry).
     pub fn purge(&self, did: &str) {
         write(self.cache.of(did)).remove(did);

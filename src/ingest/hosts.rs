@@ -16,6 +16,9 @@ struct CursorTrack {
     /// (seq, DID hash) of events finished above the resume point: a reconnect resumes from
     /// below them and the host sends them again, and those copies must not count twice.
     done_above: std::collections::BTreeSet<(u64, u64)>,
+    /// The highest seq the current connection has delivered (its resume cursor at first):
+    /// the host still resends every event above it that was read before the reconnect.
+    session_high: i64,
 }
 
 /// Finished events remembered above the resume point, per host (16 bytes each).
@@ -29,9 +32,10 @@ impl CursorTrack {
         }
     }
 
-    /// Forgets finished events at or below the resume point (no replay reaches them).
+    /// Forgets finished events that no replay reaches: at or below the point a reconnect would
+    /// resume from, and already passed by the current connection.
     fn prune(&mut self) {
-        let safe = self.safe().max(0) as u64;
+        let safe = self.safe().min(self.session_high).max(0) as u64;
         while self.done_above.first().is_some_and(|&(s, _)| s <= safe)
             || self.done_above.len() > MAX_DONE_ABOVE
         {
@@ -77,6 +81,7 @@ pub struct HostHandle {
     /// Cut short the connection thread's wait before its next attempt (discovery saw the host
     /// active elsewhere).
     wake: AtomicBool,
+    rate: super::host_rate::HostRate,
 }
 
 impl HostHandle {
@@ -114,6 +119,7 @@ impl HostHandle {
             lookups: AtomicI64::new(0),
             connected_at_ms: AtomicI64::new(0),
             wake: AtomicBool::new(false),
+            rate: Default::default(),
         }
     }
 
@@ -262,6 +268,26 @@ impl HostHandle {
         self.events_received.load(Ordering::Relaxed)
     }
 
+    /// Takes a rate sample (the coverage thread, once a second).
+    pub(crate) fn sample_rate(&self, now_ms: i64) {
+        self.rate.sample(now_ms, self.events_received());
+    }
+
+    /// Events per second over about the last minute.
+    pub fn events_per_sec(&self, now_ms: i64) -> f64 {
+        self.rate.per_sec(now_ms, self.events_received())
+    }
+
+    /// Events received since midnight UTC (or the relay's start).
+    pub fn events_today(&self, now_ms: i64) -> u64 {
+        self.rate.today(now_ms, self.events_received())
+    }
+
+    /// When the last complete message arrived (unix ms); 0: never.
+    pub fn last_message_ms(&self) -> i64 {
+        self.last_message_ms.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn count_received(&self) {
         self.events_received.fetch_add(1, Ordering::Relaxed);
     }
@@ -300,6 +326,7 @@ impl HostHandle {
     /// resumes from before events waiting for their identity, so the host sends them again.
     pub fn begin(&self, seq: u64, did_hash: u64) -> bool {
         let mut c = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
+        c.session_high = c.session_high.max(seq as i64);
         if c.done_above.contains(&(seq, did_hash)) {
             return false;
         }
@@ -320,9 +347,13 @@ impl HostHandle {
             let hash = *hash;
             if *n == 0 {
                 c.inflight.remove(&seq);
-                // Only an event finished above one still in flight can be resent; the common
-                // case (nothing lower in flight) costs no set insert.
-                if c.inflight.keys().next().is_some_and(|&low| low < seq) {
+                // An event can be resent when one below it is still in flight (a reconnect
+                // resumes below both), or when it began before the current connection, which
+                // resumed below it and has not resent it yet. The common case (neither) costs
+                // no set insert.
+                if c.inflight.keys().next().is_some_and(|&low| low < seq)
+                    || seq as i64 > c.session_high
+                {
                     c.done_above.insert((seq, hash));
                 }
             }
@@ -336,6 +367,15 @@ impl HostHandle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .safe()
+    }
+
+    /// The cursor a new connection resumes from; the host resends everything above it, and
+    /// copies of events already in flight or finished are recognised.
+    pub(crate) fn resume_cursor(&self) -> i64 {
+        let mut c = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
+        let cursor = c.safe();
+        c.session_high = cursor;
+        cursor
     }
 
     /// Resumes from before every event still in flight (after a session died mid-event, those
@@ -352,6 +392,7 @@ impl HostHandle {
     pub fn reset_cursor(&self) {
         let mut c = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
         c.last = 0;
+        c.session_high = 0;
         c.inflight.clear();
         // A host that lost its history numbers its events again from 1.
         c.done_above.clear();
@@ -450,5 +491,22 @@ mod tests {
         // A host that lost its history reuses seqs.
         h.reset_cursor();
         assert!(h.begin(11, 8));
+    }
+
+    #[test]
+    fn an_event_that_finishes_between_a_reconnect_and_its_resend_is_refused() {
+        let h = host();
+        assert!(h.begin(5, 1)); // waits for the store
+        assert!(h.begin(6, 2));
+        h.end(6);
+        assert_eq!(h.resume_cursor(), 4, "the new connection resumes below 5");
+        h.end(5); // finishes before the host resends it
+        assert!(!h.begin(5, 1), "resent after it finished");
+        assert!(!h.begin(6, 2), "resent after it finished");
+        assert!(h.begin(7, 3), "new");
+        h.end(7);
+        assert_eq!(h.safe_cursor(), 7);
+        // Passed by this connection and below the cursor: forgotten.
+        assert!(h.cursor.lock().unwrap().done_above.is_empty());
     }
 }

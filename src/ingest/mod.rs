@@ -6,6 +6,7 @@ pub mod crawl_queue;
 pub mod discovery;
 pub mod flusher;
 pub mod gate;
+pub mod host_rate;
 pub mod hosts;
 pub mod pipeline;
 mod rate;

@@ -342,7 +342,7 @@ impl Upstream {
             if self.stopping(host) || host.status() == HostStatus::Banned {
                 return;
             }
-            let cursor = Some(host.safe_cursor()).filter(|c| *c > 0);
+            let cursor = Some(host.resume_cursor()).filter(|c| *c > 0);
             let end = match connect(
                 host.hostname(),
                 host.no_tls(),
