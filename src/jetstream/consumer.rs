@@ -156,6 +156,7 @@ impl Jetstream {
         let mut last_progress = Instant::now();
         let mut last_read = Instant::now();
         let compressed = if s.compress { "true" } else { "false" };
+        let mut streaming = false;
         loop {
             if hub.shutdown.load(Ordering::Relaxed) {
                 close(ws, CloseCode::Away, "server shutting down");
@@ -229,14 +230,11 @@ impl Jetstream {
                 last_read = Instant::now();
             }
             if frames > 0 {
-                // Gather the next batch for a moment rather than going straight back for the
-                // one or two events that arrived while this one was written: that made a write
-                // syscall per event at high rates. A full batch (a backlog) goes on at once.
-                if sent < 256 && !stuck {
-                    std::thread::sleep(LINGER);
-                }
+                streaming = true;
+            } else if streaming {
+                streaming = false;
+                std::thread::sleep(LINGER);
             } else {
-                // Idle: the first event after a pause goes out as soon as it is sequenced.
                 if last_write.elapsed() >= Duration::from_secs(30) {
                     let _ = ws.send(Message::Ping(Bytes::new()));
                     last_write = Instant::now();
