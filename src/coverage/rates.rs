@@ -3,18 +3,33 @@
 
 use std::collections::VecDeque;
 
-/// One sample every `STEP_MS`; an hour of them.
+/// One sample every `STEP_MS`; by default an hour of them.
 pub const STEP_MS: i64 = 10_000;
 const KEEP: usize = 361;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RateHistory {
-    /// (unix ms, head seq), oldest first.
+    /// (unix ms, counter), oldest first.
     samples: VecDeque<(i64, u64)>,
+    keep: usize,
+}
+
+impl Default for RateHistory {
+    fn default() -> RateHistory {
+        RateHistory::keeping(KEEP)
+    }
 }
 
 impl RateHistory {
-    /// Records the head seq at `now_ms`, at most once per step (the caller may call it more
+    /// A history of the last `keep` samples (a host's last minute needs 7, not an hour's 361).
+    pub fn keeping(keep: usize) -> RateHistory {
+        RateHistory {
+            samples: VecDeque::with_capacity(keep + 1),
+            keep: keep.max(1),
+        }
+    }
+
+    /// Records the counter (the head seq, a host's events) at `now_ms`, at most once per step (the caller may call it more
     /// often). Returns whether a sample was taken.
     pub fn sample(&mut self, now_ms: i64, head: u64) -> bool {
         if self
@@ -25,7 +40,7 @@ impl RateHistory {
             return false;
         }
         self.samples.push_back((now_ms, head));
-        while self.samples.len() > KEEP {
+        while self.samples.len() > self.keep {
             self.samples.pop_front();
         }
         true

@@ -2,8 +2,8 @@
 //! and for curl), looked up by DID or by a handle the relay has seen in a DID document.
 
 use super::routes::Ctx;
-use super::server::{Req, Resp, internal, json_response, xrpc_error};
-use crate::proto::syntax::{is_normalized_did, is_valid_did, normalize_did, tid_timestamp_us};
+use super::server::{Req, Resp, internal, json_response, normalized_did, xrpc_error};
+use crate::proto::syntax::tid_timestamp_us;
 use serde_json::json;
 
 pub(crate) fn repo_info(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
@@ -16,11 +16,7 @@ pub(crate) fn repo_info(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
         .ok_or_else(|| xrpc_error(400, "InvalidRequest", "did or handle is required"))?;
     let resolver = ctx.pipeline.resolver();
     let did = if q.starts_with("did:") {
-        let did = normalize_did(q);
-        if !is_valid_did(&did) || !is_normalized_did(&did) {
-            return Err(xrpc_error(400, "InvalidRequest", "did is not a valid DID"));
-        }
-        did
+        normalized_did(q)?
     } else {
         let handle = q.trim_start_matches('@').to_ascii_lowercase();
         resolver.find_handle(&handle).ok_or_else(|| {

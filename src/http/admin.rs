@@ -2,11 +2,13 @@
 //! keep working). Authentication happens in dispatch, before any of these run.
 
 use super::routes::Ctx;
-use super::server::{Req, Resp, internal, json_response, success, with_header, xrpc_error};
+use super::server::{
+    Req, Resp, internal, json_response, normalized_did, success, with_header, xrpc_error,
+};
 use crate::ingest::accounts::TAKENDOWN;
-use crate::proto::syntax::{is_normalized_did, is_valid_did, normalize_did};
 use crate::store::HostStatus;
 use serde_json::{Value, json};
+use std::io::Write;
 
 fn invalid(message: &str) -> Resp {
     xrpc_error(400, "InvalidRequest", message)
@@ -98,11 +100,7 @@ pub(crate) fn takedowns(ctx: &Ctx, r: &Req) -> Result<Resp, Resp> {
 }
 
 fn did_body(r: &Req) -> Result<String, Resp> {
-    let did = normalize_did(&r.body_field("did")?);
-    if !is_valid_did(&did) || !is_normalized_did(&did) {
-        return Err(invalid("did is not a valid DID"));
-    }
-    Ok(did)
+    normalized_did(&r.body_field("did")?)
 }
 
 fn found_account(ok: bool, did: &str) -> Result<Resp, Resp> {
@@ -171,7 +169,9 @@ impl<'a> Obj<'a> {
     }
 
     fn int(&mut self, k: &str, v: i64) -> &mut Self {
-        self.raw(k, &v.to_string())
+        // Writing into a Vec cannot fail.
+        let _ = write!(self.key(k), "{v}");
+        self
     }
 
     fn bool(&mut self, k: &str, v: bool) -> &mut Self {
@@ -180,7 +180,8 @@ impl<'a> Obj<'a> {
 
     fn float(&mut self, k: &str, v: f64) -> &mut Self {
         let v = if v.is_finite() { v } else { 0.0 };
-        self.raw(k, &format!("{v}"))
+        let _ = write!(self.key(k), "{v}");
+        self
     }
 
     fn end(&mut self) {
@@ -193,7 +194,7 @@ pub(crate) fn list_hosts(ctx: &Ctx, _: &Req) -> Result<Resp, Resp> {
     out.push(b'[');
     let (mut after, mut n) = (0, 0usize);
     let now = crate::util::now_ms();
-    let when = |ms: i64| crate::logging::format_datetime_ms(ms);
+    let when = crate::logging::format_datetime_ms;
     while n < 100_000 {
         let rows = ctx.store.list_hosts(after, 1000).map_err(internal)?;
         let Some(l) = rows.last() else { break };

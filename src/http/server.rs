@@ -51,6 +51,15 @@ pub fn success() -> Resp {
     json_response(200, &json!({"success": "true"}))
 }
 
+/// A DID from a client, normalized, or the 400 that says it is not one.
+pub fn normalized_did(s: &str) -> Result<String, Resp> {
+    let did = crate::proto::syntax::normalize_did(s);
+    if !crate::proto::syntax::is_valid_did(&did) || !crate::proto::syntax::is_normalized_did(&did) {
+        return Err(invalid("did is not a valid DID"));
+    }
+    Ok(did)
+}
+
 /// A parsed request.
 pub struct Req {
     pub(crate) method: Method,

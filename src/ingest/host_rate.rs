@@ -1,73 +1,72 @@
 //! A host's recent event rate and its count for the day, for operators (`/admin/pds/list`,
-//! the dashboard). Sampled by the coverage thread, so the per-event path stays one counter.
+//! the dashboard): the relay's own rate history kept for a minute, plus a day counter.
+//! Sampled by the coverage thread, so the per-event path stays one counter.
 
+use crate::coverage::rates::{RateHistory, STEP_MS};
 use std::sync::{Mutex, PoisonError};
 
-/// One sample per step; the rate covers the last `SLOTS - 1` steps (about a minute).
-const STEP_MS: i64 = 10_000;
-const SLOTS: usize = 7;
+/// The rate covers the last minute: six steps, seven samples.
+const WINDOW_MS: i64 = 6 * STEP_MS;
 const DAY_MS: i64 = 86_400_000;
 
-#[derive(Default)]
 struct State {
-    /// (unix ms, events received) in a fixed ring: no allocation per host.
-    samples: [(i64, u64); SLOTS],
-    next: usize,
-    taken: usize,
-    /// The UTC day (days since the epoch) `day_base` belongs to.
-    day: i64,
+    rates: RateHistory,
+    /// The UTC day (days since the epoch) `day_base` belongs to; `None` before any sample.
+    day: Option<i64>,
     /// Events received when that day began (or when the relay started, if later).
     day_base: u64,
 }
 
-#[derive(Default)]
 pub struct HostRate {
     state: Mutex<State>,
 }
 
+impl Default for HostRate {
+    fn default() -> HostRate {
+        HostRate {
+            state: Mutex::new(State {
+                rates: RateHistory::keeping(7),
+                day: None,
+                day_base: 0,
+            }),
+        }
+    }
+}
+
 impl HostRate {
-    /// Records `received` at `now_ms`; callers may call it more often than once per step.
-    pub fn sample(&self, now_ms: i64, received: u64) {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let day = now_ms.div_euclid(DAY_MS);
-        if day != s.day {
-            s.day = day;
-            s.day_base = if s.taken == 0 { 0 } else { received };
-        }
-        let last = (s.next + SLOTS - 1) % SLOTS;
-        if s.taken > 0 && now_ms - s.samples[last].0 < STEP_MS {
-            return;
-        }
-        let i = s.next;
-        s.samples[i] = (now_ms, received);
-        s.next = (i + 1) % SLOTS;
-        s.taken = (s.taken + 1).min(SLOTS);
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Events per second from the oldest sample kept to `received` now; 0 before a second of
-    /// samples exists.
+    /// Records `received` at `now_ms`; callers may call it more often than once per step.
+    pub fn sample(&self, now_ms: i64, received: u64) {
+        let mut s = self.lock();
+        let day = now_ms.div_euclid(DAY_MS);
+        if s.day != Some(day) {
+            // The first day counts from the relay's start (received began at 0).
+            s.day_base = if s.day.is_none() { 0 } else { received };
+            s.day = Some(day);
+        }
+        s.rates.sample(now_ms, received);
+    }
+
+    /// Events per second over about the last minute; 0 before a second of samples exists.
     pub fn per_sec(&self, now_ms: i64, received: u64) -> f64 {
-        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if s.taken == 0 {
-            return 0.0;
-        }
-        let oldest = if s.taken < SLOTS { 0 } else { s.next };
-        let (t, n) = s.samples[oldest];
-        let secs = (now_ms - t) as f64 / 1000.0;
-        if secs < 1.0 {
-            return 0.0;
-        }
-        received.saturating_sub(n) as f64 / secs
+        self.lock()
+            .rates
+            .rate(now_ms, received, WINDOW_MS)
+            .unwrap_or(0.0)
     }
 
     /// Events received since midnight UTC (or since the relay started, if that was later).
     pub fn today(&self, now_ms: i64, received: u64) -> u64 {
-        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if s.day != now_ms.div_euclid(DAY_MS) {
+        let s = self.lock();
+        match s.day {
+            None => received,
+            Some(d) if d == now_ms.div_euclid(DAY_MS) => received.saturating_sub(s.day_base),
             // The day turned since the last sample: nothing of the new day is known yet.
-            return if s.taken == 0 { received } else { 0 };
+            Some(_) => 0,
         }
-        received.saturating_sub(s.day_base)
     }
 }
 

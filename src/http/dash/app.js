@@ -57,15 +57,17 @@
     while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
     return (i ? n.toFixed(1) : n) + ' ' + u[i];
   }
-  function ago(iso) {
+  // How long since `iso`: "5m"; '—' for none.
+  function age(iso) {
     if (!iso) return '—';
     const s = Math.round((Date.now() - Date.parse(iso)) / 1000);
     if (!isFinite(s)) return iso;
-    if (s < 60) return s + 's ago';
-    if (s < 3600) return Math.floor(s / 60) + 'm ago';
-    if (s < 86400) return Math.floor(s / 3600) + 'h ago';
-    return Math.floor(s / 86400) + 'd ago';
+    if (s < 60) return s + 's';
+    if (s < 3600) return Math.floor(s / 60) + 'm';
+    if (s < 86400) return Math.floor(s / 3600) + 'h';
+    return Math.floor(s / 86400) + 'd';
   }
+  const ago = (iso) => (iso ? age(iso) + ' ago' : '—');
   function pairs(dl, entries) {
     dl.replaceChildren();
     for (const [k, v] of entries) dl.append(el('dt', { text: k }), el('dd', { text: v === null || v === undefined || v === '' ? '—' : String(v) }));
@@ -179,7 +181,7 @@
     card('Hosts connected', num(h.connected), `${num(h.known)} known, ${num(h.silent)} silent`);
     card('Events/s (1 m)', rate(eps['1m']), `5 m ${rate(eps['5m'])} · 1 h ${rate(eps['1h'])}`);
     card('Head seq', num(s.seq && s.seq.head));
-    card('Replay window', s.seq && s.seq.oldest_time ? ago(s.seq.oldest_time).replace(' ago', '') : '—',
+    card('Replay window', age(s.seq && s.seq.oldest_time),
       s.seq && s.seq.oldest ? 'from seq ' + num(s.seq.oldest) : 'empty log');
     const cons = s.consumers || {};
     card('Consumers', num((cons.firehose || 0) + (cons.jetstream || 0)), `firehose ${num(cons.firehose)} · jetstream ${num(cons.jetstream)}`);
@@ -309,7 +311,7 @@
     return el('div', { class: 'row', role: 'row', 'data-host': h.name },
       el('span', { class: 'c-name', title: h.name, text: h.name }),
       el('span', { class: 'c-status status-' + h.status, text: h.status }),
-      el('span', { class: 'c-since', title: h.since || '', text: h.since ? ago(h.since).replace(' ago', '') : '—' }),
+      el('span', { class: 'c-since', title: h.since || '', text: age(h.since) }),
       el('span', { class: 'c-rate num', text: rate(h.rate) }),
       el('span', { class: 'c-today num', text: num(h.today) }),
       bar,
