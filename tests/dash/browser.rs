@@ -112,16 +112,35 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{css}: {e}"))
     }
 
+    /// The element's visible text, read in one step in the page: the dashboard re-renders its
+    /// rows on every refresh, so an element found first and read after may be gone (stale).
     pub async fn text(&self, css: &str) -> String {
-        self.find(css).await.text().await.unwrap_or_default()
+        let v = self
+            .client
+            .execute(
+                "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+                vec![Value::String(css.to_owned())],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("reading {css}: {e}"));
+        v.as_str()
+            .unwrap_or_else(|| panic!("no element {css} in the page"))
+            .to_owned()
     }
 
+    /// Clicks the element, finding it again if a refresh replaced it between the find and the
+    /// click (what a user's click meets too: the button now on screen).
     pub async fn click(&self, css: &str) {
-        self.find(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+        let mut tries = 0;
+        loop {
+            match self.find(css).await.click().await {
+                Ok(()) => return,
+                Err(e) if e.is_stale_element_reference() && tries < 5 => {
+                    tries += 1;
+                }
+                Err(e) => panic!("clicking {css}: {e}"),
+            }
+        }
     }
 
     /// Replaces an input's value by typing, as a user would.

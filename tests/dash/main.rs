@@ -199,7 +199,7 @@ fn an_operator_uses_every_view_of_the_dashboard() {
                 .text(&format!("#hosts-rows .row[data-host={}] .c-rate", lit(h)))
                 .await;
             let rate: f64 = rate.replace(',', "").parse().unwrap_or(0.0);
-            assert!(rate > 0.0, "{h} shows rate {rate}");
+            assert!(rate > 0.0, "{h} shows rate {rate}; the API says {}", host_entry(&base, h));
         }
         screenshots(&b, "hosts").await;
 
