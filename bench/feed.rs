@@ -1,6 +1,7 @@
 //! What the fan-out benchmarks share: the relay's stream serving in this process, consumers in a
 //! child process (so this process's CPU is the relay's), and events published at a set rate.
 //! Included with `mod feed;`.
+#![allow(dead_code)]
 
 use rlay::http::front::Front;
 use rlay::stream::{Stream, StreamConfig};
@@ -13,8 +14,13 @@ use std::time::{Duration, Instant};
 
 /// A fresh stream (sequencer, log, ring) and its API port (firehose and Jetstream).
 pub fn serve() -> (tempfile::TempDir, Stream, SocketAddr) {
+    serve_with(StreamConfig::default())
+}
+
+/// Like [`serve`], with `cfg`.
+pub fn serve_with(cfg: StreamConfig) -> (tempfile::TempDir, Stream, SocketAddr) {
     let dir = tempfile::tempdir().expect("dir");
-    let stream = Stream::open(&dir.path().join("events"), StreamConfig::default()).expect("stream");
+    let stream = Stream::open(&dir.path().join("events"), cfg).expect("stream");
     let addr = Front::serve_stream(stream.hub().clone(), Arc::new(AtomicBool::new(false)))
         .expect("stream server");
     (dir, stream, addr)

@@ -1,16 +1,23 @@
 //! A minimal firehose client for the benchmarks: a fixed WebSocket handshake, then unmasked
 //! server frames read straight from a buffered socket, so the reader costs as little as possible
 //! and the figures measure the server.
+#![allow(dead_code)]
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 
 /// Connects to `addr` and upgrades `subscribeRepos` (no cursor); returns the framed stream.
 pub fn subscribe(addr: &str) -> BufReader<TcpStream> {
+    subscribe_from(addr, None)
+}
+
+/// Like [`subscribe`], replaying from `cursor` when given.
+pub fn subscribe_from(addr: &str, cursor: Option<u64>) -> BufReader<TcpStream> {
     let mut s = TcpStream::connect(addr.replace("localhost", "127.0.0.1")).expect("connect");
+    let query = cursor.map_or(String::new(), |c| format!("?cursor={c}"));
     write!(
         s,
-        "GET /xrpc/com.atproto.sync.subscribeRepos HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET /xrpc/com.atproto.sync.subscribeRepos{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .expect("handshake");
     let mut r = BufReader::with_capacity(1 << 20, s);

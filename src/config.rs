@@ -94,6 +94,9 @@ pub struct Settings {
     /// How long events stay in the disk log for cursor replay.
     #[arg(long, env = "RELAY_REPLAY_WINDOW", default_value = "72h", value_name = "DURATION", value_parser = duration)]
     replay_window: Duration,
+    /// Compress sealed event log segments (zstd blocks; replay reads both kinds).
+    #[arg(long, env = "RELAY_COMPRESS_LOG", default_value = "true", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    compress_log: bool,
     /// Floor for the relay's sequence numbers (jump ahead after a wipe).
     #[arg(long, env = "RELAY_INITIAL_SEQ_NUMBER", default_value = "1", value_name = "SEQ")]
     initial_seq_number: i64,
@@ -265,6 +268,7 @@ pub struct Config {
     pub(crate) new_hosts_per_day: u32,
     pub(crate) disable_request_crawl: bool,
     pub(crate) replay_window: Duration,
+    pub(crate) compress_log: bool,
     pub(crate) initial_seq: i64,
     pub(crate) ring_capacity: usize,
     pub(crate) account_cache_size: usize,
@@ -322,6 +326,7 @@ impl Settings {
             new_hosts_per_day: self.new_hosts_per_day_limit,
             disable_request_crawl: self.disable_request_crawl,
             replay_window: self.replay_window,
+            compress_log: self.compress_log,
             initial_seq: self.initial_seq_number,
             ring_capacity: self.ring_capacity,
             account_cache_size: self.account_cache_size,

@@ -65,6 +65,7 @@ impl Relay {
             StreamConfig {
                 ring_capacity: cfg.ring_capacity,
                 replay_window: cfg.replay_window,
+                compress_log: cfg.compress_log,
                 initial_seq: cfg.initial_seq.max(1) as u64,
                 firehose: FirehoseConfig {
                     stall_timeout: cfg.consumer_stall_timeout,

@@ -9,13 +9,19 @@
 //! Only the sequencer appends. Readers open the files themselves and can follow a segment that
 //! is still being written: a record not yet complete reads as "nothing more for now".
 //!
+//! Sealed segments are compressed in the background into `<first seq>.zlog` files of zstd blocks
+//! holding the same records (`logblock`); the newest segment, the one being written, is always
+//! raw. Readers take either kind, so logs written before compression stay readable and are
+//! compressed in place as they are found.
+//!
 //! `time` is unix microseconds, unique and increasing (Jetstream's `time_us` is read from it).
 //! Segments written before it was microseconds hold milliseconds: any value below
 //! `MS_UNTIL` is read as milliseconds, so old segments stay readable as they are.
 
+use super::logblock::{self, BlockWriter, ReadBlock};
 use bytes::Bytes;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -126,30 +132,64 @@ fn read_record<R: Read>(r: &mut R) -> io::Result<ReadOutcome> {
         n if n < PREFIX => return Ok(ReadOutcome::End),
         _ => {}
     }
-    let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-    let crc = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
-    if !(META..=MAX_RECORD).contains(&len) {
-        return Ok(ReadOutcome::Corrupt("record length out of range"));
-    }
+    let (len, crc) = match record_prefix(&prefix) {
+        Ok(p) => p,
+        Err(why) => return Ok(ReadOutcome::Corrupt(why)),
+    };
     let mut payload = vec![0u8; len];
     if read_full(r, &mut payload)? < len {
         return Ok(ReadOutcome::End);
     }
-    if crc32fast::hash(&payload) != crc {
-        return Ok(ReadOutcome::Corrupt("checksum mismatch"));
+    Ok(match frame_of(Bytes::from(payload), crc) {
+        Some(f) => ReadOutcome::Record(f, (PREFIX + len) as u64),
+        None => ReadOutcome::Corrupt("checksum mismatch"),
+    })
+}
+
+/// A record's payload length and CRC, from its prefix.
+fn record_prefix(prefix: &[u8]) -> Result<(usize, u32), &'static str> {
+    let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    let crc = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
+    if !(META..=MAX_RECORD).contains(&len) {
+        return Err("record length out of range");
     }
-    let frame = LogFrame {
+    Ok((len, crc))
+}
+
+/// The frame a record's payload (everything after its prefix) holds, if the CRC matches.
+fn frame_of(payload: Bytes, crc: u32) -> Option<LogFrame> {
+    if crc32fast::hash(&payload) != crc {
+        return None;
+    }
+    Some(LogFrame {
         seq: le_u64(&payload[0..8]),
         time_us: as_us(le_u64(&payload[8..16]) as i64),
         did_hash: le_u64(&payload[16..24]),
         kind: payload[24],
-        bytes: Bytes::from(payload).slice(META..),
-    };
-    Ok(ReadOutcome::Record(frame, (PREFIX + len) as u64))
+        bytes: payload.slice(META..),
+    })
+}
+
+/// The record at `at` in a decompressed block (the frame shares the block's memory) and its
+/// length; `Ok(None)` at the block's end.
+fn record_at(block: &Bytes, at: usize) -> Result<Option<(LogFrame, usize)>, &'static str> {
+    if at >= block.len() {
+        return Ok(None);
+    }
+    let prefix = block
+        .get(at..at + PREFIX)
+        .ok_or("record cut off in a block")?;
+    let (len, crc) = record_prefix(prefix)?;
+    let end = at + PREFIX + len;
+    if end > block.len() {
+        return Err("record cut off in a block");
+    }
+    let f = frame_of(block.slice(at + PREFIX..end), crc).ok_or("checksum mismatch")?;
+    Ok(Some((f, PREFIX + len)))
 }
 
 /// Like `read_exact` but reports how much was read instead of failing at EOF.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
@@ -167,6 +207,21 @@ struct Segment {
     first_seq: u64,
     first_time_us: i64,
     path: PathBuf,
+    /// A `.zlog` of blocks (sealed), not a raw `.log`.
+    compressed: bool,
+}
+
+const RAW_EXT: &str = "log";
+const ZLOG_EXT: &str = "zlog";
+/// A compressed segment being written; never read, removed on open.
+const TMP_EXT: &str = "zlog.tmp";
+
+/// What compressing sealed segments did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compressed {
+    pub segments: usize,
+    pub raw_bytes: u64,
+    pub compressed_bytes: u64,
 }
 
 struct Active {
@@ -221,7 +276,7 @@ impl OpenReport {
 }
 
 fn segment_name(first_seq: u64) -> String {
-    format!("{first_seq:020}.log")
+    format!("{first_seq:020}.{RAW_EXT}")
 }
 
 impl EventLog {
@@ -236,24 +291,48 @@ impl EventLog {
         max_segment_age: Duration,
     ) -> io::Result<(EventLog, OpenReport)> {
         fs::create_dir_all(dir)?;
-        let mut found: Vec<(u64, PathBuf)> = Vec::new();
+        let mut found: Vec<(u64, bool, PathBuf)> = Vec::new();
         for e in fs::read_dir(dir)? {
             let p = e?.path();
             let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            if let Some(seq) = name
-                .strip_suffix(".log")
-                .and_then(|s| s.parse::<u64>().ok())
-            {
-                found.push((seq, p));
+            if name.ends_with(TMP_EXT) {
+                // Compression stopped part way (a crash): the raw segment is still there.
+                fs::remove_file(&p)?;
+                continue;
+            }
+            let (stem, compressed) = match name.rsplit_once('.') {
+                Some((stem, RAW_EXT)) => (stem, false),
+                Some((stem, ZLOG_EXT)) => (stem, true),
+                _ => continue,
+            };
+            if let Ok(seq) = stem.parse::<u64>() {
+                found.push((seq, compressed, p));
             }
         }
+        // Raw before compressed for the same seq; a raw one left beside its compressed copy
+        // (a crash between the rename and the delete) goes.
         found.sort();
+        let mut kept: Vec<(u64, bool, PathBuf)> = Vec::with_capacity(found.len());
+        for f in found {
+            if let Some(prev) = kept.last()
+                && prev.0 == f.0
+            {
+                fs::remove_file(&prev.2)?;
+                kept.pop();
+            }
+            kept.push(f);
+        }
+        let mut found = kept;
         let mut report = OpenReport::default();
         // Repair from the newest segment backwards until one holds a valid record.
-        while let Some((_, path)) = found.last() {
-            let (last, good_len, file_len, why) = scan_segment(path)?;
+        while let Some((_, compressed, path)) = found.last() {
+            let (last, good_len, file_len, why) = if *compressed {
+                scan_blocks(path)?
+            } else {
+                scan_segment(path)?
+            };
             if good_len < file_len {
                 OpenOptions::new()
                     .write(true)
@@ -279,12 +358,13 @@ impl EventLog {
             }
         }
         let mut segments = Vec::with_capacity(found.len());
-        for (first_seq, path) in found {
-            let first_time_us = first_record_time(&path)?.unwrap_or(0);
+        for (first_seq, compressed, path) in found {
+            let first_time_us = first_record_time(&path, compressed)?.unwrap_or(0);
             segments.push(Segment {
                 first_seq,
                 first_time_us,
                 path,
+                compressed,
             });
         }
         report.segments = segments.len();
@@ -419,7 +499,7 @@ impl EventLog {
             .segments
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(last) = segs.last() {
+        if let Some(last) = segs.last().filter(|l| !l.compressed) {
             let meta = fs::metadata(&last.path)?;
             let young = meta
                 .modified()
@@ -443,6 +523,7 @@ impl EventLog {
             first_seq: first.seq,
             first_time_us: as_us(first.time_us),
             path,
+            compressed: false,
         });
         // Make the new file's directory entry durable too.
         if let Ok(d) = File::open(&self.dir) {
@@ -533,6 +614,62 @@ impl EventLog {
         Ok(last)
     }
 
+    /// Compresses every sealed raw segment (all but the newest) into a `.zlog` of blocks, one
+    /// after another, and swaps each into the segment list before its raw file goes. Readers
+    /// that have the raw file open read on from it; new ones open the compressed file.
+    pub fn compress_sealed(&self) -> io::Result<Compressed> {
+        let segs = self.segments();
+        let sealed = segs.split_last().map_or(&[][..], |(_, rest)| rest);
+        let mut done = Compressed::default();
+        for s in sealed.iter().filter(|s| !s.compressed) {
+            let tmp = s.path.with_extension(TMP_EXT);
+            let zlog = s.path.with_extension(ZLOG_EXT);
+            let Some((raw, z)) = compress_segment(&s.path, &tmp)? else {
+                let _ = fs::remove_file(&tmp);
+                continue;
+            };
+            fs::rename(&tmp, &zlog)?;
+            if let Ok(d) = File::open(&self.dir) {
+                let _ = d.sync_all();
+            }
+            let swapped = {
+                let mut list = self
+                    .segments
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                match list
+                    .iter_mut()
+                    .find(|x| x.first_seq == s.first_seq && x.path == s.path)
+                {
+                    Some(x) => {
+                        x.path = zlog.clone();
+                        x.compressed = true;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if swapped {
+                fs::remove_file(&s.path)?;
+                done.segments += 1;
+                done.raw_bytes += raw;
+                done.compressed_bytes += z;
+            } else {
+                // Retention removed the segment meanwhile.
+                fs::remove_file(&zlog)?;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Bytes the log's segments take on disk, and how many of them are compressed.
+    pub fn disk_usage(&self) -> (u64, usize) {
+        self.segments().iter().fold((0, 0), |(b, z), s| {
+            let len = fs::metadata(&s.path).map_or(0, |m| m.len());
+            (b + len, z + usize::from(s.compressed))
+        })
+    }
+
     /// A reader positioned after `after_seq` (0 reads everything).
     pub fn reader(&self, after_seq: u64) -> LogReader<'_> {
         LogReader {
@@ -569,18 +706,169 @@ fn scan_segment(path: &Path) -> io::Result<Scan> {
     Ok((last, good, file_len, why))
 }
 
-fn first_record_time(path: &Path) -> io::Result<Option<i64>> {
+fn first_record_time(path: &Path, compressed: bool) -> io::Result<Option<i64>> {
     let mut r = BufReader::new(File::open(path)?);
+    if compressed {
+        let mut blocks = Blocks::start(r)?;
+        return Ok(match blocks.next_record(0)? {
+            BlockRecord::Frame(f) => Some(f.time_us),
+            BlockRecord::Stop(_) => None,
+        });
+    }
     Ok(match read_record(&mut r)? {
         ReadOutcome::Record(f, _) => Some(f.time_us),
         _ => None,
     })
 }
 
+/// Copies a raw segment's records into a compressed file at `dst` (synced); returns the raw
+/// and compressed byte counts, or `None` for a segment without records.
+fn compress_segment(src: &Path, dst: &Path) -> io::Result<Option<(u64, u64)>> {
+    let src_len = fs::metadata(src)?.len();
+    let mut r = BufReader::with_capacity(1 << 20, File::open(src)?);
+    let out = BufWriter::with_capacity(1 << 20, File::create(dst)?);
+    let mut w = BlockWriter::new(out)?;
+    let mut raw = 0u64;
+    let mut last = 0u64;
+    let why = loop {
+        match read_record(&mut r)? {
+            ReadOutcome::Record(f, n) => {
+                if raw > 0 && f.seq <= last {
+                    break Some("sequence numbers go backwards");
+                }
+                last = f.seq;
+                w.push(f.seq, &record_head(&f), &f.bytes)?;
+                raw += n;
+            }
+            ReadOutcome::End => break (raw < src_len).then_some("incomplete record"),
+            ReadOutcome::Corrupt(why) => break Some(why),
+        }
+    };
+    if let Some(why) = why {
+        // The same records a reader of the raw file gets: those before the bad one.
+        log::warn!(
+            "event log: {} ends early ({why}) after {raw} of {src_len} bytes; compressing what precedes it",
+            src.display()
+        );
+    }
+    if raw == 0 {
+        return Ok(None);
+    }
+    let (out, z) = w.finish()?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(Some((raw, z)))
+}
+
+/// What scanning a compressed segment found, as [`scan_segment`] reports it for a raw one. A
+/// block is the unit: the valid prefix ends after the last block that checks.
+fn scan_blocks(path: &Path) -> io::Result<Scan> {
+    let file = File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let mut blocks = Blocks::start(BufReader::with_capacity(1 << 20, file))?;
+    let mut last: Option<(u64, i64)> = None;
+    let why = loop {
+        match blocks.next_record(0)? {
+            BlockRecord::Frame(f) => {
+                if last.is_some_and(|(l, _)| f.seq <= l) {
+                    break "sequence numbers go backwards";
+                }
+                last = Some((f.seq, f.time_us));
+            }
+            BlockRecord::Stop(why) => break why,
+        }
+    };
+    Ok((last, blocks.pos, file_len, why))
+}
+
+/// Reads a compressed segment's records in order, a block at a time.
+struct Blocks {
+    reader: BufReader<File>,
+    /// File offset after the last whole block read: where reading resumes after a stop.
+    pos: u64,
+    magic_ok: bool,
+    block: Bytes,
+    at: usize,
+}
+
+enum BlockRecord {
+    Frame(LogFrame),
+    /// No more records: the end of the file, or why not.
+    Stop(&'static str),
+}
+
+impl Blocks {
+    fn start(mut reader: BufReader<File>) -> io::Result<Blocks> {
+        let mut magic = [0u8; 8];
+        let magic_ok =
+            read_full(&mut reader, &mut magic)? == magic.len() && magic == *logblock::MAGIC;
+        Ok(Blocks {
+            reader,
+            pos: if magic_ok { magic.len() as u64 } else { 0 },
+            magic_ok,
+            block: Bytes::new(),
+            at: 0,
+        })
+    }
+
+    /// The next record with a seq above `after`; whole blocks at or below it are skipped
+    /// without being read.
+    fn next_record(&mut self, after: u64) -> io::Result<BlockRecord> {
+        if !self.magic_ok {
+            return Ok(BlockRecord::Stop("not a compressed segment"));
+        }
+        loop {
+            match record_at(&self.block, self.at) {
+                Ok(Some((f, n))) => {
+                    self.at += n;
+                    if f.seq > after {
+                        return Ok(BlockRecord::Frame(f));
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(why) => return Ok(BlockRecord::Stop(why)),
+            }
+            let head = match logblock::read_head(&mut self.reader)? {
+                ReadBlock::Head(h) => h,
+                ReadBlock::End => return self.stop("incomplete block"),
+                ReadBlock::Corrupt(why) => return self.stop(why),
+            };
+            let next = self.pos + (logblock::HEAD + head.zlen) as u64;
+            if head.last_seq <= after {
+                self.reader.seek_relative(head.zlen as i64)?;
+                self.pos = next;
+                continue;
+            }
+            let mut z = vec![0u8; head.zlen];
+            if read_full(&mut self.reader, &mut z)? < head.zlen {
+                return self.stop("incomplete block");
+            }
+            match logblock::open_block(&head, &z) {
+                Ok(b) => {
+                    self.block = b;
+                    self.at = 0;
+                    self.pos = next;
+                }
+                Err(why) => return self.stop(why),
+            }
+        }
+    }
+
+    fn stop(&mut self, why: &'static str) -> io::Result<BlockRecord> {
+        self.reader.seek(SeekFrom::Start(self.pos))?;
+        Ok(BlockRecord::Stop(why))
+    }
+}
+
+/// The segment a reader has open.
 struct Open {
     first_seq: u64,
-    reader: BufReader<File>,
-    pos: u64,
+    source: Source,
+}
+
+enum Source {
+    Raw { reader: BufReader<File>, pos: u64 },
+    Blocks(Blocks),
 }
 
 /// Reads frames with seq greater than a starting point, across segments, in order.
@@ -601,59 +889,92 @@ impl LogReader<'_> {
             let Some(cur) = self.current.as_mut() else {
                 return Ok(None);
             };
-            match read_record(&mut cur.reader)? {
-                ReadOutcome::Record(f, n) => {
-                    cur.pos += n;
-                    if f.seq > self.after {
-                        self.after = f.seq;
-                        return Ok(Some(f));
+            let got = match &mut cur.source {
+                Source::Raw { reader, pos } => match read_record(reader)? {
+                    ReadOutcome::Record(f, n) => {
+                        *pos += n;
+                        Some(f)
                     }
+                    ReadOutcome::End | ReadOutcome::Corrupt(_) => {
+                        // Rewind to the record boundary (the writer may finish it).
+                        reader.seek(SeekFrom::Start(*pos))?;
+                        None
+                    }
+                },
+                Source::Blocks(b) => match b.next_record(self.after)? {
+                    BlockRecord::Frame(f) => Some(f),
+                    BlockRecord::Stop(_) => None,
+                },
+            };
+            if let Some(f) = got {
+                if f.seq > self.after {
+                    self.after = f.seq;
+                    return Ok(Some(f));
                 }
-                ReadOutcome::End | ReadOutcome::Corrupt(_) => {
-                    // Rewind to the record boundary; move on only if a later segment exists.
-                    cur.reader.seek(SeekFrom::Start(cur.pos))?;
-                    let first = cur.first_seq;
-                    let Some(next) = self
-                        .log
-                        .segments()
-                        .iter()
-                        .find(|s| s.first_seq > first)
-                        .map(|s| s.first_seq)
-                    else {
-                        return Ok(None);
-                    };
-                    // A sealed segment is complete; whatever follows a corrupt record in it is lost.
-                    self.current = None;
-                    self.after = self.after.max(next - 1);
-                }
+                continue;
             }
+            // Move on only if a later segment exists.
+            let first = cur.first_seq;
+            let Some(next) = self
+                .log
+                .segments()
+                .iter()
+                .find(|s| s.first_seq > first)
+                .map(|s| s.first_seq)
+            else {
+                return Ok(None);
+            };
+            // A sealed segment is complete; whatever follows a corrupt record in it is lost.
+            self.current = None;
+            self.after = self.after.max(next - 1);
         }
     }
 
-    /// Opens the segment that can hold `after + 1`.
+    /// Opens the segment that can hold `after + 1`. A segment whose file is gone was either
+    /// removed by retention (go on to the next) or compressed meanwhile (open it again, under
+    /// its new name).
     fn open_next(&mut self) -> io::Result<bool> {
-        let segs = self.log.segments();
         let want = self.after.saturating_add(1);
-        let idx = match segs.iter().rposition(|s| s.first_seq <= want) {
-            Some(i) => i,
-            None => match segs.first() {
-                Some(_) => 0,
-                None => return Ok(false),
-            },
-        };
-        for s in &segs[idx..] {
-            match File::open(&s.path) {
-                Ok(f) => {
-                    self.current = Some(Open {
-                        first_seq: s.first_seq,
-                        reader: BufReader::with_capacity(256 << 10, f),
-                        pos: 0,
-                    });
-                    return Ok(true);
+        'list: for _ in 0..4 {
+            let segs = self.log.segments();
+            let idx = match segs.iter().rposition(|s| s.first_seq <= want) {
+                Some(i) => i,
+                None => match segs.first() {
+                    Some(_) => 0,
+                    None => return Ok(false),
+                },
+            };
+            for s in &segs[idx..] {
+                match File::open(&s.path) {
+                    Ok(f) => {
+                        let source = if s.compressed {
+                            Source::Blocks(Blocks::start(BufReader::with_capacity(256 << 10, f))?)
+                        } else {
+                            Source::Raw {
+                                reader: BufReader::with_capacity(256 << 10, f),
+                                pos: 0,
+                            }
+                        };
+                        self.current = Some(Open {
+                            first_seq: s.first_seq,
+                            source,
+                        });
+                        return Ok(true);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        let renamed = self
+                            .log
+                            .segments()
+                            .iter()
+                            .any(|x| x.first_seq == s.first_seq && x.path != s.path);
+                        if renamed {
+                            continue 'list;
+                        }
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
             }
+            return Ok(false);
         }
         Ok(false)
     }

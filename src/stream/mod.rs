@@ -3,6 +3,7 @@
 pub mod eventlog;
 pub mod firehose;
 pub mod follow;
+pub mod logblock;
 pub mod registry;
 pub mod ring;
 pub mod sequencer;
@@ -28,6 +29,8 @@ pub struct StreamConfig {
     /// Segment roll size (tests use small segments).
     pub max_segment_bytes: u64,
     pub max_segment_age: Duration,
+    /// Compress sealed segments (zstd blocks) in the background.
+    pub compress_log: bool,
 }
 
 impl Default for StreamConfig {
@@ -39,6 +42,45 @@ impl Default for StreamConfig {
             firehose: FirehoseConfig::default(),
             max_segment_bytes: 64 << 20,
             max_segment_age: Duration::from_secs(3600),
+            compress_log: true,
+        }
+    }
+}
+
+/// How often the upkeep thread compresses newly sealed segments and applies retention.
+const UPKEEP_EVERY_SECS: u32 = 10;
+
+/// One pass of compression, counted, and logged when it starts or stops failing; a failure
+/// leaves the raw segment in place and is tried again on the next pass.
+fn compress_sealed(log: &EventLog, failing: &mut bool) {
+    let r = log.compress_sealed();
+    if *failing && r.is_ok() {
+        log::info!("event log: compressing sealed segments works again");
+    }
+    match r {
+        Ok(c) if c.segments == 0 => *failing = false,
+        Ok(c) => {
+            *failing = false;
+            metrics::counter!("rlay_log_compressed_segments_total").increment(c.segments as u64);
+            metrics::counter!("rlay_log_compress_raw_bytes_total").increment(c.raw_bytes);
+            metrics::counter!("rlay_log_compress_out_bytes_total").increment(c.compressed_bytes);
+            log::info!(
+                "event log: compressed {} segment(s), {} → {} bytes",
+                c.segments,
+                c.raw_bytes,
+                c.compressed_bytes
+            );
+        }
+        Err(_) if *failing => {
+            metrics::counter!("rlay_log_compress_errors_total").increment(1);
+        }
+        Err(e) => {
+            *failing = true;
+            metrics::counter!("rlay_log_compress_errors_total").increment(1);
+            log::error!(
+                "event log: compressing sealed segments in {} failed: {e}; they stay uncompressed (readable) and are tried again in {UPKEEP_EVERY_SECS} s; check free disk space",
+                log.dir().display()
+            );
         }
     }
 }
@@ -75,12 +117,17 @@ impl Stream {
             shutdown: shutdown.clone(),
         });
         let window = cfg.replay_window;
+        let compress = cfg.compress_log;
         let stop = shutdown.clone();
         std::thread::Builder::new()
-            .name("log-retention".into())
+            .name("log-upkeep".into())
             .stack_size(1 << 20)
             .spawn(move || {
+                let mut failing = false;
                 while !stop.load(Ordering::Relaxed) {
+                    if compress {
+                        compress_sealed(&log, &mut failing);
+                    }
                     let cutoff = crate::util::now_ms() - window.as_millis() as i64;
                     match log.remove_older_than(cutoff) {
                         Ok(0) => {}
@@ -92,7 +139,7 @@ impl Stream {
                             log.dir().display()
                         ),
                     }
-                    for _ in 0..60 {
+                    for _ in 0..UPKEEP_EVERY_SECS {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }

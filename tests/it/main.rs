@@ -16,6 +16,7 @@ mod edges;
 mod index;
 mod interop;
 mod jetstream;
+mod log_compression;
 mod mst_props;
 mod relay_accounts;
 mod relay_e2e;
