@@ -12,7 +12,9 @@
 //!    compressed segments: `replay_events_per_sec`.
 //! 3. Ten consumers replay from cursor 0 while events are published at 1,000/s and a live
 //!    consumer (this process) times each from publish to receipt: `live_p99_ms_during_replay`
-//!    (and p50).
+//!    (and p50), and the same with no replays (`live_p99_ms_idle`). The replays share the relay's
+//!    disk replay budget (`RELAY_REPLAY_RATE_LIMIT`'s default; `REPLAY_RATE=N` here tries another).
+//!    `RELAY_LOG_LEVEL=info` shows the consumers coming and going.
 
 mod feed;
 mod procstat;
@@ -257,10 +259,17 @@ fn main() {
         return;
     }
 
+    if let Ok(level) = std::env::var("RELAY_LOG_LEVEL") {
+        rlay::logging::init(&level);
+    }
     // 1. The log, before and after compression.
     let events = sim_events();
     let (_dir, stream, addr) = feed::serve_with(StreamConfig {
         compress_log: false,
+        replay_rate: std::env::var("REPLAY_RATE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(rlay::stream::DEFAULT_REPLAY_RATE),
         ..StreamConfig::default()
     });
     let addr = addr.to_string();
@@ -343,7 +352,11 @@ fn main() {
     let (idle, _) = live_latency(&stream, &addr, &events, 0, EVENTS);
     println!("live_p50_ms_idle: {:.2} ms", percentile(&idle, 0.50));
     println!("live_p99_ms_idle: {:.2} ms", percentile(&idle, 0.99));
-    let head = stream.head();
+    // The event that woke the last reader is sequenced before the next run counts from it.
+    let head = stream
+        .sequencer()
+        .barrier(Duration::from_secs(10))
+        .expect("the head");
     let (lat, replay_secs) = live_latency(&stream, &addr, &events, REPLAYERS, head);
     println!(
         "replays_during_live: {REPLAYERS} × {EVENTS} events in {replay_secs:.1} s ({:.0} events/s together)",

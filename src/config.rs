@@ -97,6 +97,9 @@ pub struct Settings {
     /// Compress sealed event log segments (zstd blocks; replay reads both kinds).
     #[arg(long, env = "RELAY_COMPRESS_LOG", default_value = "true", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     compress_log: bool,
+    /// Events per second all consumers replaying from the disk log may read together (0: no limit), so replays cannot starve live delivery.
+    #[arg(long, env = "RELAY_REPLAY_RATE_LIMIT", default_value = "200000", value_name = "N")]
+    replay_rate_limit: u64,
     /// Floor for the relay's sequence numbers (jump ahead after a wipe).
     #[arg(long, env = "RELAY_INITIAL_SEQ_NUMBER", default_value = "1", value_name = "SEQ")]
     initial_seq_number: i64,
@@ -269,6 +272,7 @@ pub struct Config {
     pub(crate) disable_request_crawl: bool,
     pub(crate) replay_window: Duration,
     pub(crate) compress_log: bool,
+    pub(crate) replay_rate: u64,
     pub(crate) initial_seq: i64,
     pub(crate) ring_capacity: usize,
     pub(crate) account_cache_size: usize,
@@ -327,6 +331,7 @@ impl Settings {
             disable_request_crawl: self.disable_request_crawl,
             replay_window: self.replay_window,
             compress_log: self.compress_log,
+            replay_rate: self.replay_rate_limit,
             initial_seq: self.initial_seq_number,
             ring_capacity: self.ring_capacity,
             account_cache_size: self.account_cache_size,

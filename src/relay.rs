@@ -66,6 +66,7 @@ impl Relay {
                 ring_capacity: cfg.ring_capacity,
                 replay_window: cfg.replay_window,
                 compress_log: cfg.compress_log,
+                replay_rate: cfg.replay_rate,
                 initial_seq: cfg.initial_seq.max(1) as u64,
                 firehose: FirehoseConfig {
                     stall_timeout: cfg.consumer_stall_timeout,

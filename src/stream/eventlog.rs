@@ -238,6 +238,8 @@ pub struct EventLog {
     dir: PathBuf,
     segments: RwLock<Vec<Segment>>,
     active: Mutex<Option<Active>>,
+    /// Held for a whole `sync`.
+    sync_turn: Mutex<()>,
     max_segment_bytes: u64,
     max_segment_age: Duration,
     /// Why the last append failed, while appends fail (health reports it).
@@ -373,6 +375,7 @@ impl EventLog {
                 dir: dir.to_owned(),
                 segments: RwLock::new(segments),
                 active: Mutex::new(None),
+                sync_turn: Mutex::new(()),
                 max_segment_bytes,
                 max_segment_age,
                 write_error: Mutex::new(None),
@@ -538,16 +541,34 @@ impl EventLog {
         })
     }
 
-    /// fdatasync of the active segment if anything was written since the last sync.
+    /// fdatasync of the active segment if anything was written since the last sync. The disk
+    /// is waited for outside the append lock, so appends (and with them broadcast) go on
+    /// meanwhile; syncs run one at a time, so one that returns covers every append before it.
     pub fn sync(&self) -> io::Result<()> {
-        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(a) = active.as_mut()
-            && a.dirty
-        {
-            a.file.sync_data()?;
-            a.dirty = false;
-        }
-        Ok(())
+        let _one = self
+            .sync_turn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let file = {
+            let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+            match active.as_mut() {
+                Some(a) if a.dirty => {
+                    a.dirty = false;
+                    a.file.try_clone()?
+                }
+                _ => return Ok(()),
+            }
+        };
+        file.sync_data().inspect_err(|_| {
+            if let Some(a) = self
+                .active
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_mut()
+            {
+                a.dirty = true;
+            }
+        })
     }
 
     /// Seq of the oldest retained event.

@@ -56,6 +56,7 @@ pub struct Hub {
     pub(crate) registry: Arc<Registry>,
     pub(crate) hidden: Arc<Hidden>,
     pub(crate) config: FirehoseConfig,
+    pub(crate) replay_budget: Arc<super::replay_budget::ReplayBudget>,
     pub(crate) shutdown: Arc<AtomicBool>,
 }
 
@@ -69,8 +70,14 @@ struct Counted {
 }
 
 impl Read for Counted {
+    /// Never waits. The consumer loop reads only to see whether the client sent something,
+    /// then parks on the ring; a socket read timeout would hold every idle turn (and the next
+    /// event) for a whole scheduler tick, since the kernel rounds it up to one (4 ms at HZ=250).
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
+        self.inner.set_nonblocking(true)?;
+        let r = self.inner.read(buf);
+        let _ = self.inner.set_nonblocking(false);
+        r
     }
 }
 
@@ -199,7 +206,7 @@ impl Hub {
         written: &AtomicU64,
     ) -> &'static str {
         let waiter = self.ring.register();
-        let mut follow = Follower::new(&self.ring, &self.log, last);
+        let mut follow = Follower::new(&self.ring, &self.log, &self.replay_budget, last);
         let mut pending = false;
         let mut progress_bytes = written.load(Ordering::Relaxed);
         let mut last_progress = Instant::now();

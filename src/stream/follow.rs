@@ -3,6 +3,7 @@
 //! the hand-overs. Every consumer (firehose or Jetstream) follows the stream through this.
 
 use super::eventlog::{EventLog, LogFrame, LogReader};
+use super::replay_budget::{CHUNK, ReplayBudget};
 use super::ring::{Lookup, Ring};
 use std::io;
 use std::sync::Arc;
@@ -10,18 +11,28 @@ use std::sync::Arc;
 pub struct Follower<'a> {
     ring: &'a Ring,
     log: &'a EventLog,
+    budget: &'a ReplayBudget,
     last: u64,
     disk: Option<LogReader<'a>>,
+    /// Frames read from disk not yet taken from the budget.
+    owed: u64,
 }
 
 impl<'a> Follower<'a> {
-    /// Follows from just after `last`.
-    pub fn new(ring: &'a Ring, log: &'a EventLog, last: u64) -> Follower<'a> {
+    /// Follows from just after `last`; frames read from the disk log count against `budget`.
+    pub fn new(
+        ring: &'a Ring,
+        log: &'a EventLog,
+        budget: &'a ReplayBudget,
+        last: u64,
+    ) -> Follower<'a> {
         Follower {
             ring,
             log,
+            budget,
             last,
             disk: None,
+            owed: 0,
         }
     }
 
@@ -38,7 +49,14 @@ impl<'a> Follower<'a> {
                     let last = self.last;
                     let r = self.disk.get_or_insert_with(|| self.log.reader(last));
                     match r.next_frame()? {
-                        Some(f) => Arc::new(f),
+                        Some(f) => {
+                            self.owed += 1;
+                            if self.owed == CHUNK {
+                                self.owed = 0;
+                                self.budget.take(CHUNK);
+                            }
+                            Arc::new(f)
+                        }
                         None => {
                             // The log no longer holds what the ring dropped (retention removed
                             // it under a very slow reader): skip ahead.

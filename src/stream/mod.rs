@@ -5,6 +5,7 @@ pub mod firehose;
 pub mod follow;
 pub mod logblock;
 pub mod registry;
+pub mod replay_budget;
 pub mod ring;
 pub mod sequencer;
 
@@ -20,6 +21,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// The default disk replay budget: one replaying consumer is still served at full speed on a
+/// small machine (200,000 events/s), ten share it and live delivery keeps a core.
+pub const DEFAULT_REPLAY_RATE: u64 = 200_000;
+
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
     pub ring_capacity: usize,
@@ -31,6 +36,8 @@ pub struct StreamConfig {
     pub max_segment_age: Duration,
     /// Compress sealed segments (zstd blocks) in the background.
     pub compress_log: bool,
+    /// Events per second all consumers replaying from disk may read together (0: no limit).
+    pub replay_rate: u64,
 }
 
 impl Default for StreamConfig {
@@ -43,6 +50,7 @@ impl Default for StreamConfig {
             max_segment_bytes: 64 << 20,
             max_segment_age: Duration::from_secs(3600),
             compress_log: true,
+            replay_rate: DEFAULT_REPLAY_RATE,
         }
     }
 }
@@ -114,6 +122,7 @@ impl Stream {
             registry: Arc::new(Registry::default()),
             hidden: Arc::new(Hidden::default()),
             config: cfg.firehose.clone(),
+            replay_budget: Arc::new(replay_budget::ReplayBudget::new(cfg.replay_rate)),
             shutdown: shutdown.clone(),
         });
         let window = cfg.replay_window;

@@ -7,17 +7,18 @@
 //! could lose or renumber.
 //!
 //! fsync policy: frames reach the OS (write(2)) before they are broadcast, which survives a
-//! process crash; `fdatasync` runs at most every 200 ms while there are writes, on every
+//! process crash; `fdatasync` runs every 200 ms while there are writes (on the `log-sync`
+//! thread, so the sequencer never waits for the disk on the live path), on every
 //! `Barrier` (the store flusher sends one before committing account state, so stored state
 //! never gets ahead of the durable log), at segment roll and at shutdown.
 
 use super::eventlog::{EventLog, KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, KIND_SYNC, LogFrame};
 use super::ring::Ring;
 use crate::proto::frame::{Event, Unsequenced};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MAX_BATCH: usize = 1024;
 /// Seqs reserved ahead on disk at a time: a crash that loses the log's unsynced tail can never
@@ -114,6 +115,11 @@ pub fn spawn(
         );
     }
     ring.set_initial_head(next - 1);
+    let weak = Arc::downgrade(&log);
+    std::thread::Builder::new()
+        .name("log-sync".into())
+        .stack_size(256 << 10)
+        .spawn(move || sync_every(weak))?;
     let h = std::thread::Builder::new()
         .name("sequencer".into())
         .stack_size(2 << 20)
@@ -148,21 +154,10 @@ fn run(
     mut last_time_us: i64,
 ) {
     let mut reserved = next - 1;
-    let mut last_sync = Instant::now();
-    let mut unsynced = false;
     metrics::gauge!("disk_persister_current_seq").set((next - 1) as f64);
     loop {
-        let first = match rx.recv_timeout(SYNC_EVERY) {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => {
-                if unsynced {
-                    sync(&log);
-                    unsynced = false;
-                    last_sync = Instant::now();
-                }
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
+        let Ok(first) = rx.recv() else {
+            break;
         };
         let mut frames: Vec<LogFrame> = Vec::new();
         let mut barriers = Vec::new();
@@ -197,16 +192,13 @@ fn run(
                 reserved = upto;
             }
             until_ok(&log, "append", || log.append(&frames));
-            unsynced = true;
             let arcs: Vec<Arc<LogFrame>> = frames.into_iter().map(Arc::new).collect();
             ring.publish(&arcs);
             metrics::counter!("rlay_events_sequenced_total").increment(arcs.len() as u64);
             metrics::gauge!("disk_persister_current_seq").set((next - 1) as f64);
         }
-        if !barriers.is_empty() || (unsynced && last_sync.elapsed() >= SYNC_EVERY) {
+        if !barriers.is_empty() {
             sync(&log);
-            unsynced = false;
-            last_sync = Instant::now();
         }
         for b in barriers {
             let _ = b.send(next - 1);
@@ -218,6 +210,36 @@ fn run(
         log::warn!(
             "event log: could not record the last seq at shutdown ({e}); the next start skips ahead"
         );
+    }
+}
+
+/// The periodic fdatasync, until the log is dropped. A failure is logged when it starts and
+/// when it ends (appends report the disk's state to health on their own).
+fn sync_every(log: std::sync::Weak<EventLog>) {
+    let mut failing = false;
+    loop {
+        std::thread::sleep(SYNC_EVERY);
+        let Some(log) = log.upgrade() else {
+            return;
+        };
+        match log.sync() {
+            Ok(()) if failing => {
+                failing = false;
+                log::info!(
+                    "event log: fdatasync works again in {}",
+                    log.dir().display()
+                );
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                log::error!(
+                    "event log: fdatasync failed in {}: {e}; events are still written and broadcast but may not survive a power loss (check the disk)",
+                    log.dir().display()
+                );
+            }
+            Err(_) => {}
+        }
     }
 }
 
