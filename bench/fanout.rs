@@ -6,8 +6,11 @@
 //! the sequencer takes them. Every consumer must receive every frame, in order (checked by the
 //! child), or the benchmark fails.
 //!
-//! Prints `fanout_deliveries_per_sec`, `fanout_cpu_us_per_delivery` (run 1) and
-//! `fanout_max_deliveries_per_sec`, `fanout_max_cpu_us_per_delivery` (run 2).
+//! Run 3 has 1,000 consumers at 1,000 events/s for 10 s.
+//!
+//! Prints `fanout_deliveries_per_sec`, `fanout_cpu_us_per_delivery` (run 1),
+//! `fanout_max_deliveries_per_sec`, `fanout_max_cpu_us_per_delivery` (run 2) and
+//! `fanout_1000_consumers_deliveries_per_sec`, `fanout_1000_consumers_cpu_us_per_delivery` (run 3).
 
 mod feed;
 mod wire;
@@ -21,6 +24,9 @@ use std::time::Instant;
 const CONSUMERS: usize = 50;
 const RATE: u64 = 10_000;
 const SECONDS: u64 = 10;
+/// Run 3: many consumers at the network's rate.
+const MANY: usize = 1000;
+const MANY_RATE: u64 = 1000;
 
 fn event(n: u64) -> Event {
     Event::Sync(SyncEvent {
@@ -84,17 +90,17 @@ fn read_uint(b: &[u8]) -> (u64, usize) {
 }
 
 /// One run: returns (deliveries per second, relay CPU µs per delivery).
-fn run(rate: Option<u64>, count: u64) -> (f64, f64) {
+fn run(consumers: usize, rate: Option<u64>, count: u64) -> (f64, f64) {
     let (_dir, stream, addr) = feed::serve();
     let clients = feed::Clients::spawn(
         &[
             "--clients",
             &addr.to_string(),
-            &CONSUMERS.to_string(),
+            &consumers.to_string(),
             &count.to_string(),
         ],
         "",
-        CONSUMERS,
+        consumers,
         &stream,
     );
     let cpu0 = procstat::cpu_seconds(None);
@@ -108,7 +114,7 @@ fn run(rate: Option<u64>, count: u64) -> (f64, f64) {
     clients.finish("every consumer received every frame");
     let elapsed = start.elapsed().as_secs_f64();
     let cpu = procstat::cpu_seconds(None) - cpu0;
-    let deliveries = (CONSUMERS as u64 * count) as f64;
+    let deliveries = (consumers as u64 * count) as f64;
     stream.shutdown();
     (deliveries / elapsed, cpu * 1e6 / deliveries)
 }
@@ -121,12 +127,16 @@ fn main() {
         clients(&args[i + 1], n, count);
         return;
     }
-    let (rate, cpu) = run(Some(RATE), RATE * SECONDS);
+    let (rate, cpu) = run(CONSUMERS, Some(RATE), RATE * SECONDS);
     println!("fanout_consumers: {CONSUMERS}");
     println!("fanout_publish_rate: {RATE} events/s");
     println!("fanout_deliveries_per_sec: {rate:.0}");
     println!("fanout_cpu_us_per_delivery: {cpu:.3}");
-    let (max, max_cpu) = run(None, 100_000);
+    let (max, max_cpu) = run(CONSUMERS, None, 100_000);
     println!("fanout_max_deliveries_per_sec: {max:.0}");
     println!("fanout_max_cpu_us_per_delivery: {max_cpu:.3}");
+    let (many, many_cpu) = run(MANY, Some(MANY_RATE), MANY_RATE * SECONDS);
+    println!("fanout_1000_consumers_publish_rate: {MANY_RATE} events/s");
+    println!("fanout_1000_consumers_deliveries_per_sec: {many:.0}");
+    println!("fanout_1000_consumers_cpu_us_per_delivery: {many_cpu:.3}");
 }
