@@ -38,57 +38,6 @@ fn event(n: u64) -> Event {
     })
 }
 
-/// Child mode: `fanout --clients ADDR N COUNT`. Each client reads COUNT frames and checks that
-/// their seqs are consecutive.
-fn clients(addr: &str, n: usize, count: u64) {
-    let handles: Vec<_> = (0..n)
-        .map(|_| {
-            let addr = addr.to_owned();
-            std::thread::spawn(move || {
-                let mut r = wire::subscribe(&addr);
-                println!("connected");
-                let mut buf = vec![0u8; 1 << 16];
-                let mut last_seq = 0u64;
-                let mut got = 0u64;
-                while got < count {
-                    let (opcode, len) = wire::read_frame(&mut r, &mut buf).expect("frame");
-                    if opcode != 2 {
-                        continue; // ping
-                    }
-                    // The seq is the integer after the body's "seq" key; find it cheaply.
-                    let body = &buf[..len];
-                    let pos = body.windows(4).position(|w| w == b"cseq").expect("seq key") + 4;
-                    let (seq, _) = read_uint(&body[pos..]);
-                    assert!(
-                        last_seq == 0 || seq == last_seq + 1,
-                        "gap or duplicate: {last_seq} -> {seq}"
-                    );
-                    last_seq = seq;
-                    got += 1;
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().expect("client");
-    }
-    println!("done");
-}
-
-fn read_uint(b: &[u8]) -> (u64, usize) {
-    let info = b[0] & 0x1f;
-    match info {
-        0..=23 => (u64::from(info), 1),
-        24 => (u64::from(b[1]), 2),
-        25 => (u64::from(u16::from_be_bytes([b[1], b[2]])), 3),
-        26 => (u64::from(u32::from_be_bytes([b[1], b[2], b[3], b[4]])), 5),
-        _ => (
-            u64::from_be_bytes([b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8]]),
-            9,
-        ),
-    }
-}
-
 /// One run: returns (deliveries per second, relay CPU µs per delivery).
 fn run(consumers: usize, rate: Option<u64>, count: u64) -> (f64, f64) {
     let (_dir, stream, addr) = feed::serve();
@@ -124,7 +73,7 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--clients") {
         let n = args[i + 2].parse().expect("n");
         let count = args[i + 3].parse().expect("count");
-        clients(&args[i + 1], n, count);
+        wire::check_consumers(&args[i + 1], n, None, count);
         return;
     }
     let (rate, cpu) = run(CONSUMERS, Some(RATE), RATE * SECONDS);

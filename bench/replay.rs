@@ -35,55 +35,6 @@ const DISTINCT: usize = 20_000;
 const REPLAYERS: usize = 10;
 const LIVE_RATE: u64 = 1_000;
 
-/// Child mode: `replay --clients ADDR N COUNT`: N consumers from cursor 0, each reading COUNT
-/// frames with consecutive seqs.
-fn clients(addr: &str, n: usize, count: u64) {
-    let handles: Vec<_> = (0..n)
-        .map(|_| {
-            let addr = addr.to_owned();
-            std::thread::spawn(move || {
-                let mut r = wire::subscribe_from(&addr, Some(0));
-                println!("connected");
-                let mut buf = vec![0u8; 1 << 16];
-                let mut got = 0u64;
-                let mut last = 0u64;
-                while got < count {
-                    let (opcode, len) = wire::read_frame(&mut r, &mut buf).expect("frame");
-                    if opcode != 2 {
-                        continue;
-                    }
-                    let seq = seq_of(&buf[..len]);
-                    assert!(seq == last + 1, "gap or duplicate: {last} -> {seq}");
-                    last = seq;
-                    got += 1;
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().expect("client");
-    }
-    println!("done");
-}
-
-/// The seq of a frame: the integer after the body's first "seq" key (the key sorts before
-/// every byte string in a DAG-CBOR map, so it is found first).
-fn seq_of(frame: &[u8]) -> u64 {
-    let pos = frame
-        .windows(4)
-        .position(|w| w == b"cseq")
-        .expect("seq key")
-        + 4;
-    let b = &frame[pos..];
-    match b[0] & 0x1f {
-        i @ 0..=23 => u64::from(i),
-        24 => u64::from(b[1]),
-        25 => u64::from(u16::from_be_bytes([b[1], b[2]])),
-        26 => u64::from(u32::from_be_bytes([b[1], b[2], b[3], b[4]])),
-        _ => u64::from_be_bytes([b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8]]),
-    }
-}
-
 fn sim_events() -> Vec<Event> {
     let sim = Sim::start(&SimConfig {
         hosts: 10,
@@ -202,7 +153,7 @@ fn live_latency(
                     continue;
                 }
                 let now = epoch.elapsed().as_nanos() as u64;
-                let Some(i) = seq_of(&buf[..len]).checked_sub(head + 1) else {
+                let Some(i) = wire::frame_seq(&buf[..len]).checked_sub(head + 1) else {
                     continue;
                 };
                 match published.get(i as usize).map(|p| p.load(Ordering::Acquire)) {
@@ -251,9 +202,10 @@ fn live_latency(
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--clients") {
-        clients(
+        wire::check_consumers(
             &args[i + 1],
             args[i + 2].parse().expect("n"),
+            Some(0),
             args[i + 3].parse().expect("count"),
         );
         return;

@@ -55,3 +55,56 @@ pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<(u8, usize
     r.read_exact(&mut buf[..len])?;
     Ok((h[0] & 0x0f, len))
 }
+
+/// The seq of a firehose frame: the integer after the body's first "seq" key (the key sorts
+/// before every byte string in a DAG-CBOR map, so it is found first).
+pub fn frame_seq(frame: &[u8]) -> u64 {
+    let pos = frame
+        .windows(4)
+        .position(|w| w == b"cseq")
+        .expect("seq key")
+        + 4;
+    let b = &frame[pos..];
+    match b[0] & 0x1f {
+        i @ 0..=23 => u64::from(i),
+        24 => u64::from(b[1]),
+        25 => u64::from(u16::from_be_bytes([b[1], b[2]])),
+        26 => u64::from(u32::from_be_bytes([b[1], b[2], b[3], b[4]])),
+        _ => u64::from_be_bytes([b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8]]),
+    }
+}
+
+/// The benches' child mode: `n` consumers of `addr` (from `cursor` when given, else live), each
+/// reading `count` frames and failing on any gap or duplicate. Prints `connected` per consumer
+/// and `done` at the end, which the parent's `feed::Clients` waits for.
+pub fn check_consumers(addr: &str, n: usize, cursor: Option<u64>, count: u64) {
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let addr = addr.to_owned();
+            std::thread::spawn(move || {
+                let mut r = subscribe_from(&addr, cursor);
+                println!("connected");
+                let mut buf = vec![0u8; 1 << 16];
+                // With a cursor the first frame must be the one after it; live, any first seq.
+                let mut last = cursor;
+                let mut got = 0u64;
+                while got < count {
+                    let (opcode, len) = read_frame(&mut r, &mut buf).expect("frame");
+                    if opcode != 2 {
+                        continue; // ping
+                    }
+                    let seq = frame_seq(&buf[..len]);
+                    if let Some(last) = last {
+                        assert!(seq == last + 1, "gap or duplicate: {last} -> {seq}");
+                    }
+                    last = Some(seq);
+                    got += 1;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("client");
+    }
+    println!("done");
+}
