@@ -19,12 +19,18 @@ pub fn free_port() -> u16 {
 }
 
 /// `rlay serve` on `port` with the bench defaults and `extra` flags; returns once it is ready.
+/// The metrics port is off unless `extra` sets `--metrics-listen=`.
 pub fn spawn_relay_with(dir: &std::path::Path, port: u16, plc: &str, extra: &[&str]) -> Child {
+    let metrics = if extra.iter().any(|a| a.starts_with("--metrics-listen")) {
+        None
+    } else {
+        Some("--metrics-listen=")
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_rlay"))
         .arg("serve")
         .arg(format!("--data-dir={}", dir.display()))
         .arg(format!("--api-listen=127.0.0.1:{port}"))
-        .arg("--metrics-listen=")
+        .args(metrics)
         .arg(format!("--admin-password={PW}"))
         .arg(format!("--plc-host={plc}"))
         .arg("--bootstrap-host=")
@@ -40,6 +46,18 @@ pub fn spawn_relay_with(dir: &std::path::Path, port: u16, plc: &str, extra: &[&s
         .read_line(&mut line)
         .expect("ready line");
     child
+}
+
+/// A gauge or counter's value from the relay's metrics port (NaN if absent).
+pub fn metric(metrics_port: u16, name: &str) -> f64 {
+    let body = ureq::get(&format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 pub fn admin(port: u16) -> RelayAdmin {

@@ -47,3 +47,41 @@ pub fn rss_mib(pid: u32) -> f64 {
         .unwrap_or(0.0)
         / 1024.0
 }
+
+/// Resident KiB of `pid`'s mappings, grouped: thread stacks (anonymous mappings of exactly the
+/// 2 MiB or smaller stack sizes the relay spawns, guard pages aside), other anonymous memory
+/// (the heap), and file-backed. For finding where resident memory goes.
+pub fn rss_breakdown(pid: u32) -> Vec<(String, u64, usize)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut groups: std::collections::BTreeMap<String, (u64, usize)> = Default::default();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let mut it = line.split_whitespace();
+        let first = it.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            let (lo, hi) = first.split_once('-').unwrap_or(("0", "0"));
+            let size =
+                u64::from_str_radix(hi, 16).unwrap_or(0) - u64::from_str_radix(lo, 16).unwrap_or(0);
+            let path = it.nth(4).unwrap_or("");
+            current = if !path.is_empty() {
+                if path.starts_with('[') {
+                    path.to_owned()
+                } else {
+                    "file".to_owned()
+                }
+            } else {
+                format!("anon {} KiB", size >> 10)
+            };
+            groups.entry(current.clone()).or_default().1 += 1;
+        } else if first == "Rss:" {
+            let kib: u64 = it.next().and_then(|k| k.parse().ok()).unwrap_or(0);
+            groups.entry(current.clone()).or_default().0 += kib;
+        }
+    }
+    let mut v: Vec<_> = groups
+        .into_iter()
+        .map(|(k, (rss, n))| (k, rss, n))
+        .collect();
+    v.sort_by_key(|(_, rss, _)| std::cmp::Reverse(*rss));
+    v
+}

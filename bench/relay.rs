@@ -7,13 +7,15 @@
 //! (the relay process's CPU only).
 //!
 //! Part 2 (zlay's production shape): 2,750 hosts carrying 600 events/s in total for 60 s. Prints
-//! `rss_mib_2750_hosts` (the relay's resident memory at the end) and `latency_p99_ms` (PDS emit
-//! → consumer receive).
+//! `rss_mib_2750_hosts` (the relay's resident memory at the end), `ring_mib` (the ring's share,
+//! from `rlay_ring_bytes`) and `latency_p99_ms` (PDS emit → consumer receive).
+//!
+//! Part 3 (`--part lean`): see [`lean_hosts`].
 
 mod harness;
 mod procstat;
 
-use harness::{consume, crawl, free_port, spawn_relay, wait_connected};
+use harness::{consume, crawl, free_port, spawn_relay, spawn_relay_with, wait_connected};
 use rlay::sim::{LedgerEntry, Sim, SimConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,7 +39,13 @@ fn many_hosts() {
     .expect("sim");
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
-    let mut relay = spawn_relay(dir.path(), port, sim.world().plc_url());
+    let metrics_port = free_port();
+    let mut relay = spawn_relay_with(
+        dir.path(),
+        port,
+        sim.world().plc_url(),
+        &[&format!("--metrics-listen=127.0.0.1:{metrics_port}")],
+    );
     let t = Instant::now();
     crawl(port, &sim.hostnames());
     wait_connected(port, hosts);
@@ -63,6 +71,7 @@ fn many_hosts() {
     sim.start_traffic(600.0, 0);
     std::thread::sleep(Duration::from_secs(60));
     let rss = procstat::rss_mib(relay.id());
+    let ring = harness::metric(metrics_port, "rlay_ring_bytes") / f64::from(1 << 20);
     sim.stop_traffic();
     std::thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
@@ -78,8 +87,64 @@ fn many_hosts() {
     };
     println!("events_delivered_2750_hosts: {}", lat.len());
     println!("rss_mib_2750_hosts: {rss:.0}");
+    println!("ring_mib: {ring:.1}");
     println!("latency_p50_ms: {:.1}", pct(0.50));
     println!("latency_p99_ms: {:.1}", pct(0.99));
+}
+
+/// Part 3 (lean hosts): idle hosts connected in steps; the relay's resident memory at 500, 2,750
+/// and 5,000 hosts. `host_kib_each` is the growth per host between 500 and 2,750; then a minute
+/// of 600 events/s over all 5,000 gives `rss_mib_5000_hosts`. `RLAY_SMAPS=1` prints where the
+/// resident memory is (stderr).
+fn lean_hosts() {
+    let steps = [500usize, 2750, 5000];
+    let mut sim = Sim::start(&SimConfig {
+        hosts: steps[2],
+        accounts_per_host: 1,
+        initial_records: 2,
+        ..SimConfig::default()
+    })
+    .expect("sim");
+    let names = sim.hostnames();
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let mut relay = spawn_relay(dir.path(), port, sim.world().plc_url());
+    let pid = relay.id();
+    let mut done = 0;
+    let mut rss = Vec::new();
+    for &n in &steps {
+        crawl(port, &names[done..n]);
+        wait_connected(port, n);
+        done = n;
+        std::thread::sleep(Duration::from_secs(10));
+        let r = procstat::rss_mib(pid);
+        println!("rss_mib_idle_{n}_hosts: {r:.1}");
+        if std::env::var_os("RLAY_SMAPS").is_some() {
+            for (what, kib, count) in procstat::rss_breakdown(pid).iter().take(12) {
+                eprintln!("  {what:>20}: {kib:>8} KiB in {count} mappings");
+            }
+        }
+        rss.push(r);
+    }
+    println!(
+        "host_kib_each: {:.1} KiB",
+        (rss[1] - rss[0]) * 1024.0 / (steps[1] - steps[0]) as f64
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let c = consume(port, stop.clone(), |_| {});
+    sim.start_traffic(600.0, 0);
+    std::thread::sleep(Duration::from_secs(60));
+    println!("rss_mib_5000_hosts: {:.0}", procstat::rss_mib(pid));
+    if std::env::var_os("RLAY_SMAPS").is_some() {
+        for (what, kib, count) in procstat::rss_breakdown(pid).iter().take(12) {
+            eprintln!("  {what:>20}: {kib:>8} KiB in {count} mappings");
+        }
+    }
+    sim.stop_traffic();
+    stop.store(true, Ordering::Relaxed);
+    let _ = c.join();
+    let _ = relay.kill();
+    let _ = relay.wait();
 }
 
 fn main() {
@@ -90,5 +155,16 @@ fn main() {
     }
     if only("hosts") {
         many_hosts();
+    }
+    if args.iter().any(|a| a == "lean") {
+        lean_hosts();
+    } else if !args.iter().any(|a| a == "--part") {
+        // In a fresh process: part 2's simulated hosts still hold their sockets, and 5,000
+        // more would pass the open-file limit.
+        let status = std::process::Command::new(&args[0])
+            .args(["--part", "lean"])
+            .status()
+            .expect("run the lean part");
+        assert!(status.success(), "the lean part failed");
     }
 }

@@ -109,12 +109,19 @@ pub struct Settings {
     /// Frames kept in memory for fast replay and fan-out.
     #[arg(long, env = "RELAY_RING_CAPACITY", default_value = "50000", value_name = "N")]
     ring_capacity: usize,
+    /// Memory the ring's frames may use, in MiB; the oldest frames leave first.
+    #[arg(long, env = "RELAY_RING_MAX_MIB", default_value_t = crate::stream::DEFAULT_RING_MAX_MIB, value_name = "MIB")]
+    ring_max_mib: u64,
     /// A consumer that makes no progress this long gets `ConsumerTooSlow`.
     #[arg(long, env = "RELAY_CONSUMER_STALL_TIMEOUT", default_value = "30s", value_name = "DURATION", value_parser = duration)]
     consumer_stall_timeout: Duration,
     /// DID resolver threads.
     #[arg(long, env = "RELAY_RESOLVER_THREADS", default_value = "4", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     resolver_threads: u16,
+    /// Threads that dial upstream hosts (DNS, TCP, TLS, WebSocket handshake): at most this many
+    /// connection attempts at once; the others wait in `rlay_dial_queue`.
+    #[arg(long, env = "RELAY_DIAL_THREADS", default_value = "16", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    dial_threads: u16,
     /// Reconnect to a host that sent nothing (not even a pong) for this long.
     #[arg(long, env = "RELAY_UPSTREAM_STALL_TIMEOUT", default_value = "90s", value_name = "DURATION", value_parser = duration)]
     upstream_stall_timeout: Duration,
@@ -275,9 +282,11 @@ pub struct Config {
     pub(crate) replay_rate: u64,
     pub(crate) initial_seq: i64,
     pub(crate) ring_capacity: usize,
+    pub(crate) ring_max_mib: u64,
     pub(crate) account_cache_size: usize,
     pub(crate) consumer_stall_timeout: Duration,
     pub(crate) resolver_threads: usize,
+    pub(crate) dial_threads: usize,
     pub(crate) upstream_stall_timeout: Duration,
     pub(crate) idle_host_retry: Duration,
     pub(crate) host_event_rate: u32,
@@ -334,9 +343,11 @@ impl Settings {
             replay_rate: self.replay_rate_limit,
             initial_seq: self.initial_seq_number,
             ring_capacity: self.ring_capacity,
+            ring_max_mib: self.ring_max_mib,
             account_cache_size: self.account_cache_size,
             consumer_stall_timeout: self.consumer_stall_timeout,
             resolver_threads: usize::from(self.resolver_threads),
+            dial_threads: usize::from(self.dial_threads),
             upstream_stall_timeout: self.upstream_stall_timeout,
             idle_host_retry: self.idle_host_retry,
             host_event_rate: self.host_event_rate,

@@ -14,6 +14,7 @@ use crate::index::backfill::BackfillConfig;
 use crate::ingest::accounts::{Accounts, SUSPENDED, TAKENDOWN};
 use crate::ingest::crawl::{CrawlConfig, Crawler};
 use crate::ingest::crawl_queue::CrawlQueue;
+use crate::ingest::dialer::Dialer;
 use crate::ingest::discovery::{Discovery, DiscoveryConfig};
 use crate::ingest::flusher;
 use crate::ingest::hosts::{HostHandle, Hosts};
@@ -64,6 +65,7 @@ impl Relay {
             &cfg.data_dir.join("events"),
             StreamConfig {
                 ring_capacity: cfg.ring_capacity,
+                ring_max_bytes: cfg.ring_max_mib.saturating_mul(1 << 20),
                 replay_window: cfg.replay_window,
                 compress_log: cfg.compress_log,
                 replay_rate: cfg.replay_rate,
@@ -169,6 +171,8 @@ impl Relay {
                 ..UpstreamConfig::default()
             },
             shutdown: shutdown.clone(),
+            dialer: Dialer::start(cfg.dial_threads)
+                .map_err(|e| format!("cannot start the dialer threads: {e}"))?,
         });
         let crawler = Arc::new(
             Crawler::new(

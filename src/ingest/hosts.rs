@@ -63,9 +63,12 @@ pub struct HostHandle {
     /// A connection thread is running for this host.
     running: AtomicBool,
     events_received: AtomicU64,
-    /// `rlay_events_accepted_total{pds}`, made on first use (after the metrics recorder is
-    /// installed) so the per-event path does not build the label each time.
+    /// `rlay_events_accepted_total{pds}` and indigo's `events_received_counter{pds}`, made
+    /// once (after the metrics recorder is installed) so the per-event path does not build the
+    /// label each time. [`HostHandle::make_counters`] makes them before the host's thread
+    /// starts, so that thread allocates nothing long-lived of its own.
     accepted: std::sync::OnceLock<metrics::Counter>,
+    received: std::sync::OnceLock<metrics::Counter>,
     /// (cursor, account count) last written to the store.
     persisted: Mutex<(i64, i64)>,
     /// A handle on the open connection's socket, so it can be closed from outside a blocked
@@ -87,11 +90,26 @@ pub struct HostHandle {
 impl HostHandle {
     /// Counts an event from this host that went out on the firehose.
     pub fn count_accepted(&self) {
-        self.accepted
-            .get_or_init(
-                || metrics::counter!("rlay_events_accepted_total", "pds" => self.hostname.clone()),
-            )
-            .increment(1);
+        self.accepted_counter().increment(1);
+    }
+
+    fn accepted_counter(&self) -> &metrics::Counter {
+        self.accepted.get_or_init(
+            || metrics::counter!("rlay_events_accepted_total", "pds" => self.hostname.clone()),
+        )
+    }
+
+    /// `events_received_counter{pds}` (indigo's name).
+    pub fn received_counter(&self) -> &metrics::Counter {
+        self.received.get_or_init(
+            || metrics::counter!("events_received_counter", "pds" => self.hostname.clone()),
+        )
+    }
+
+    /// Makes the per-host counters now, on the calling thread.
+    pub fn make_counters(&self) {
+        self.accepted_counter();
+        self.received_counter();
     }
 
     pub fn from_row(r: &HostRow) -> HostHandle {
@@ -112,6 +130,7 @@ impl HostHandle {
             running: AtomicBool::new(false),
             events_received: AtomicU64::new(0),
             accepted: std::sync::OnceLock::new(),
+            received: std::sync::OnceLock::new(),
             persisted: Mutex::new((r.last_seq, r.account_count)),
             socket: Mutex::new(None),
             last_message_ms: AtomicI64::new(0),

@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod crawl;
 pub mod crawl_queue;
+pub mod dialer;
 pub mod discovery;
 pub mod flusher;
 pub mod gate;

@@ -6,6 +6,7 @@
 //! after repeated failures, but still re-probed on a long backoff (indigo gives up on it);
 //! `banned` if the upstream turns out to be a relay itself.
 
+use super::dialer::{ConnectError, DialSlot, Dialer, Target};
 use super::hosts::HostHandle;
 use super::pipeline::Pipeline;
 use super::rate::Limiter;
@@ -17,8 +18,6 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::protocol::WebSocketConfig;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
@@ -77,8 +76,7 @@ pub struct Session {
 
 impl Session {
     pub fn new(host: Arc<HostHandle>) -> Session {
-        let received =
-            metrics::counter!("events_received_counter", "pds" => host.hostname().to_owned());
+        let received = host.received_counter().clone();
         Session {
             host,
             last_seq: None,
@@ -171,16 +169,6 @@ impl Session {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("WebSocket handshake failed: {0}")]
-    Handshake(String),
-    #[error("the upstream identifies itself as a relay ({0}); relays are not crawled")]
-    IsRelay(String),
-}
-
 enum End {
     Killed,
     /// The connection delivered events before ending.
@@ -194,56 +182,7 @@ pub struct Upstream {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) cfg: UpstreamConfig,
     pub(crate) shutdown: Arc<AtomicBool>,
-}
-
-fn split_host(hostname: &str, tls: bool) -> (String, u16) {
-    match hostname.rsplit_once(':') {
-        Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_owned(), p.parse().unwrap_or(443)),
-        _ => (hostname.to_owned(), if tls { 443 } else { 80 }),
-    }
-}
-
-/// Dials a host's firehose.
-pub fn connect(
-    hostname: &str,
-    no_tls: bool,
-    cursor: Option<i64>,
-    allow_private: bool,
-) -> Result<WebSocket<MaybeTlsStream<TcpStream>>, ConnectError> {
-    let scheme = if no_tls { "ws" } else { "wss" };
-    let (name, port) = split_host(hostname, !no_tls);
-    let q = cursor.map(|c| format!("?cursor={c}")).unwrap_or_default();
-    let url = format!("{scheme}://{hostname}/xrpc/com.atproto.sync.subscribeRepos{q}");
-    let tcp = crate::util::net::connect(&name, port, allow_private, Duration::from_secs(10))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(15)))?;
-    tcp.set_write_timeout(Some(Duration::from_secs(15)))?;
-    let _ = tcp.set_nodelay(true);
-    let mut req = url
-        .into_client_request()
-        .map_err(|e| ConnectError::Handshake(e.to_string()))?;
-    if let Ok(ua) = format!("rlay/{} (atproto-relay)", env!("CARGO_PKG_VERSION")).parse() {
-        req.headers_mut().insert("User-Agent", ua);
-    }
-    // Small buffers: thousands of mostly idle connections must not each pin 128 KiB.
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_FRAME))
-        .max_frame_size(Some(MAX_FRAME))
-        .read_buffer_size(8 << 10)
-        .write_buffer_size(0);
-    let result = if no_tls {
-        tungstenite::client::client_with_config(req, MaybeTlsStream::Plain(tcp), Some(config))
-            .map_err(|e| ConnectError::Handshake(e.to_string()))
-    } else {
-        tungstenite::client_tls_with_config(req, tcp, Some(config), None)
-            .map_err(|e| ConnectError::Handshake(e.to_string()))
-    };
-    let (ws, resp) = result?;
-    if let Some(server) = resp.headers().get("server").and_then(|v| v.to_str().ok())
-        && server.to_ascii_lowercase().contains("atproto-relay")
-    {
-        return Err(ConnectError::IsRelay(server.to_owned()));
-    }
-    Ok(ws)
+    pub(crate) dialer: Dialer,
 }
 
 /// Control frames (pings, pongs) a host may send per second before the connection is dropped:
@@ -304,8 +243,11 @@ impl Upstream {
         if !host.claim_thread() {
             return false;
         }
+        host.make_counters();
         let me = self.clone();
         let h = host.clone();
+        // Made here, not on the host's thread: see `dialer`.
+        let slot = Arc::new(DialSlot::default());
         let spawned = std::thread::Builder::new()
             .name(format!("host {}", host.hostname()))
             .stack_size(2 << 20)
@@ -315,7 +257,7 @@ impl Upstream {
                 while crate::util::isolate::isolate(
                     "host",
                     || format!("reading from {}", h.hostname()),
-                    || me.run(&h),
+                    || me.run(&h, &slot),
                 )
                 .is_none()
                     && !me.stopping(&h)
@@ -336,25 +278,20 @@ impl Upstream {
         true
     }
 
-    fn run(&self, host: &Arc<HostHandle>) {
+    fn run(&self, host: &Arc<HostHandle>, slot: &Arc<DialSlot>) {
         let mut failures: u32 = 0;
         loop {
             if self.stopping(host) || host.status() == HostStatus::Banned {
                 return;
             }
             let cursor = Some(host.resume_cursor()).filter(|c| *c > 0);
-            let end = match connect(
-                host.hostname(),
-                host.no_tls(),
+            let target = Target {
+                host: host.clone(),
                 cursor,
-                self.cfg.allow_insecure,
-            ) {
+                allow_private: self.cfg.allow_insecure,
+            };
+            let end = match self.dialer.dial(target, slot, || self.stopping(host)) {
                 Ok(ws) => {
-                    log::info!(
-                        "upstream {}: connected (cursor {:?})",
-                        host.hostname(),
-                        cursor
-                    );
                     if host.status() != HostStatus::Banned {
                         self.set_status(host, HostStatus::Active);
                     }

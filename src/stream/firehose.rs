@@ -115,6 +115,11 @@ impl Hub {
         &self.hidden
     }
 
+    /// Memory the ring's frames occupy now (bounded by `StreamConfig::ring_max_bytes`).
+    pub fn ring_bytes(&self) -> u64 {
+        self.ring.bytes()
+    }
+
     /// The consumers connected now.
     pub fn consumers(&self) -> Vec<Arc<super::registry::ConsumerInfo>> {
         self.registry.list()

@@ -25,9 +25,15 @@ use std::time::Duration;
 /// small machine (200,000 events/s), ten share it and live delivery keeps a core.
 pub const DEFAULT_REPLAY_RATE: u64 = 200_000;
 
+/// The ring's default memory bound: about 10,000 real network frames (6.5 KB on average), 15 s
+/// of the network at 600 events/s; consumers further behind read the disk log.
+pub const DEFAULT_RING_MAX_MIB: u64 = 64;
+
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
     pub ring_capacity: usize,
+    /// What the ring's frames may occupy in memory, in bytes.
+    pub ring_max_bytes: u64,
     pub replay_window: Duration,
     pub initial_seq: u64,
     pub firehose: FirehoseConfig,
@@ -44,6 +50,7 @@ impl Default for StreamConfig {
     fn default() -> Self {
         StreamConfig {
             ring_capacity: 50_000,
+            ring_max_bytes: DEFAULT_RING_MAX_MIB << 20,
             replay_window: Duration::from_secs(72 * 3600),
             initial_seq: 1,
             firehose: FirehoseConfig::default(),
@@ -107,7 +114,7 @@ impl Stream {
     pub fn open(dir: &Path, cfg: StreamConfig) -> std::io::Result<Stream> {
         let (log, opened) = EventLog::open_with(dir, cfg.max_segment_bytes, cfg.max_segment_age)?;
         let log = Arc::new(log);
-        let ring = Arc::new(Ring::new(cfg.ring_capacity));
+        let ring = Arc::new(Ring::new(cfg.ring_capacity, cfg.ring_max_bytes));
         let (sequencer, sequencer_thread) = sequencer::spawn(
             log.clone(),
             ring.clone(),

@@ -5,6 +5,11 @@
 //! ring has already overwritten is told so and reads the disk log instead, so falling behind
 //! never costs a consumer its connection.
 //!
+//! The ring is bounded twice: by frame count and by bytes (frames, plus their bookkeeping). Real
+//! network frames average several KB, so a count alone would let a burst of large commits pin
+//! hundreds of MB; the byte bound evicts the oldest frames first, and readers of those go to the
+//! disk log like any reader that fell behind.
+//!
 //! Waking readers is lock-free too: each consumer registers a `Parker`; the publisher unparks
 //! every registered thread after a batch. Unparking before the reader parks is not lost (the
 //! token is kept), so there is no missed-wakeup window.
@@ -30,6 +35,11 @@ pub struct Ring {
     head: AtomicU64,
     /// First seq published by this process (0: nothing yet). Seqs are contiguous from here.
     first: AtomicU64,
+    /// Oldest seq still held when the byte bound evicted frames (0: none evicted that way).
+    tail: AtomicU64,
+    /// What the held frames occupy, by [`held_bytes`]. Only the publisher writes it.
+    bytes: AtomicU64,
+    max_bytes: u64,
     waiters: ArcSwap<Vec<(u64, Unparker)>>,
     waiters_edit: Mutex<u64>,
 }
@@ -62,8 +72,15 @@ impl Drop for Waiter {
     }
 }
 
+/// What one held frame costs: its payload, the frame record and the `Arc` counts.
+fn held_bytes(f: &LogFrame) -> u64 {
+    (f.bytes.len() + std::mem::size_of::<LogFrame>() + 16) as u64
+}
+
 impl Ring {
-    pub fn new(capacity: usize) -> Ring {
+    /// A ring of at most `capacity` frames and `max_bytes` of them (the newest frame is always
+    /// held, whatever its size).
+    pub fn new(capacity: usize, max_bytes: u64) -> Ring {
         let capacity = capacity.max(16);
         Ring {
             slots: (0..capacity)
@@ -72,6 +89,9 @@ impl Ring {
             capacity: capacity as u64,
             head: AtomicU64::new(0),
             first: AtomicU64::new(0),
+            tail: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            max_bytes,
             waiters: ArcSwap::from_pointee(Vec::new()),
             waiters_edit: Mutex::new(0),
         }
@@ -98,7 +118,14 @@ impl Ring {
         if first == 0 {
             return u64::MAX;
         }
-        first.max(self.head().saturating_sub(self.capacity - 1))
+        first
+            .max(self.head().saturating_sub(self.capacity - 1))
+            .max(self.tail.load(Ordering::Acquire))
+    }
+
+    /// Bytes the held frames occupy (see [`held_bytes`]).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     pub fn get(&self, seq: u64) -> Lookup {
@@ -120,12 +147,34 @@ impl Ring {
         let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
             return;
         };
+        let mut bytes = self.bytes.load(Ordering::Relaxed);
         for f in frames {
-            self.slots[(f.seq % self.capacity) as usize].store(Some(f.clone()));
+            bytes += held_bytes(f);
+            if let Some(old) = self.slots[(f.seq % self.capacity) as usize].swap(Some(f.clone())) {
+                bytes = bytes.saturating_sub(held_bytes(&old));
+            }
         }
         if self.first.load(Ordering::Relaxed) == 0 {
             self.first.store(first.seq, Ordering::Release);
         }
+        // Over the byte bound: drop the oldest frames, never the newest. The tail moves before
+        // its slot is emptied, so a reader told "ready" never finds the slot gone.
+        let mut tail = self
+            .tail
+            .load(Ordering::Relaxed)
+            .max(self.first.load(Ordering::Relaxed))
+            .max((last.seq + 1).saturating_sub(self.capacity));
+        while bytes > self.max_bytes && tail < last.seq {
+            self.tail.store(tail + 1, Ordering::Release);
+            let slot = &self.slots[(tail % self.capacity) as usize];
+            if slot.load().as_ref().is_some_and(|f| f.seq == tail)
+                && let Some(old) = slot.swap(None)
+            {
+                bytes = bytes.saturating_sub(held_bytes(&old));
+            }
+            tail += 1;
+        }
+        self.bytes.store(bytes, Ordering::Relaxed);
         self.head.store(last.seq, Ordering::Release);
         for (_, u) in self.waiters.load().iter() {
             u.unpark();

@@ -19,6 +19,7 @@ pub struct Sources {
 
 fn sample(s: &Sources) {
     metrics::gauge!("rlay_ring_head_seq").set(s.hub.ring.head() as f64);
+    metrics::gauge!("rlay_ring_bytes").set(s.hub.ring.bytes() as f64);
     if let Some(oldest) = s.hub.log.oldest_seq() {
         metrics::gauge!("rlay_event_log_oldest_seq").set(oldest as f64);
     }

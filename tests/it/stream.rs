@@ -510,6 +510,30 @@ fn paused_reader_catches_up_from_disk() {
 }
 
 #[test]
+fn ring_memory_bound_evicts_the_oldest_and_replay_reads_them_from_disk() {
+    let bound = 256 << 10;
+    let r = relay(StreamConfig {
+        ring_max_bytes: bound,
+        ..StreamConfig::default()
+    });
+    // 8 MB of frames: far over the bound, far under the ring's frame count.
+    for n in 1..=2000 {
+        r.stream.sequencer().emit(&big(n, 4096));
+    }
+    wait_for_head(&r, 2000);
+    let held = r.stream.hub().ring_bytes();
+    assert!(
+        (bound / 2..=bound).contains(&held),
+        "the ring holds {held} bytes, bound {bound}"
+    );
+    let mut ws = connect(r.addr, Some(0));
+    for want in 1..=2000 {
+        let e = next(&mut ws).unwrap_or_else(|| panic!("stream ended at {want}"));
+        assert_eq!(e.seq(), Some(want));
+    }
+}
+
+#[test]
 fn stalled_reader_gets_consumer_too_slow_and_others_are_unaffected() {
     let fh = FirehoseConfig {
         stall_timeout: Duration::from_secs(1),
