@@ -48,9 +48,10 @@ pub fn rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
-/// Resident KiB of `pid`'s mappings, grouped: thread stacks (anonymous mappings of exactly the
-/// 2 MiB or smaller stack sizes the relay spawns, guard pages aside), other anonymous memory
-/// (the heap), and file-backed. For finding where resident memory goes.
+/// Resident KiB and count of `pid`'s mappings, grouped: anonymous ones by their size (thread
+/// stacks show up as the 2 MiB group, the allocator's arenas as the 1 GiB one), `[heap]` and
+/// the like by name, file-backed ones together. Largest first. For finding where resident
+/// memory goes.
 pub fn rss_breakdown(pid: u32) -> Vec<(String, u64, usize)> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     let mut groups: std::collections::BTreeMap<String, (u64, usize)> = Default::default();

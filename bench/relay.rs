@@ -108,8 +108,8 @@ fn lean_hosts() {
     let names = sim.hostnames();
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
-    let mut relay = spawn_relay(dir.path(), port, sim.world().plc_url());
-    let pid = relay.id();
+    let relay = harness::RelayProcess(spawn_relay(dir.path(), port, sim.world().plc_url()));
+    let pid = relay.0.id();
     let mut done = 0;
     let mut rss = Vec::new();
     for &n in &steps {
@@ -119,11 +119,7 @@ fn lean_hosts() {
         std::thread::sleep(Duration::from_secs(10));
         let r = procstat::rss_mib(pid);
         println!("rss_mib_idle_{n}_hosts: {r:.1}");
-        if std::env::var_os("RLAY_SMAPS").is_some() {
-            for (what, kib, count) in procstat::rss_breakdown(pid).iter().take(12) {
-                eprintln!("  {what:>20}: {kib:>8} KiB in {count} mappings");
-            }
-        }
+        print_smaps(pid);
         rss.push(r);
     }
     println!(
@@ -135,16 +131,19 @@ fn lean_hosts() {
     sim.start_traffic(600.0, 0);
     std::thread::sleep(Duration::from_secs(60));
     println!("rss_mib_5000_hosts: {:.0}", procstat::rss_mib(pid));
+    print_smaps(pid);
+    sim.stop_traffic();
+    stop.store(true, Ordering::Relaxed);
+    let _ = c.join();
+}
+
+/// With `RLAY_SMAPS=1`: where `pid`'s resident memory is, the largest groups first (stderr).
+fn print_smaps(pid: u32) {
     if std::env::var_os("RLAY_SMAPS").is_some() {
         for (what, kib, count) in procstat::rss_breakdown(pid).iter().take(12) {
             eprintln!("  {what:>20}: {kib:>8} KiB in {count} mappings");
         }
     }
-    sim.stop_traffic();
-    stop.store(true, Ordering::Relaxed);
-    let _ = c.join();
-    let _ = relay.kill();
-    let _ = relay.wait();
 }
 
 fn main() {

@@ -163,7 +163,6 @@ impl Relay {
             pipeline: pipeline.clone(),
             store: store.clone(),
             cfg: UpstreamConfig {
-                allow_insecure: cfg.allow_insecure_hosts,
                 stall_timeout: cfg.upstream_stall_timeout,
                 ping_after: (cfg.upstream_stall_timeout / 3).max(Duration::from_millis(500)),
                 idle_retry: cfg.idle_host_retry,
@@ -171,7 +170,7 @@ impl Relay {
                 ..UpstreamConfig::default()
             },
             shutdown: shutdown.clone(),
-            dialer: Dialer::start(cfg.dial_threads)
+            dialer: Dialer::start(cfg.dial_threads, cfg.allow_insecure_hosts)
                 .map_err(|e| format!("cannot start the dialer threads: {e}"))?,
         });
         let crawler = Arc::new(

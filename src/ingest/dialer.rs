@@ -24,14 +24,6 @@ use tungstenite::stream::MaybeTlsStream;
 
 pub type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
-/// One host's firehose to dial.
-pub struct Target {
-    pub host: Arc<HostHandle>,
-    pub cursor: Option<i64>,
-    /// Dev mode: loopback and private addresses allowed.
-    pub allow_private: bool,
-}
-
 /// Where a dial's outcome is left for the host thread. One per host thread, made before the
 /// thread starts; waiting on it allocates nothing.
 #[derive(Default)]
@@ -40,8 +32,10 @@ pub struct DialSlot {
     ready: Condvar,
 }
 
+/// One host's firehose to dial, from `cursor`.
 struct Job {
-    target: Target,
+    host: Arc<HostHandle>,
+    cursor: Option<i64>,
     slot: Arc<DialSlot>,
 }
 
@@ -51,24 +45,27 @@ pub struct Dialer {
 }
 
 impl Dialer {
-    /// Starts `threads` dialer threads (at least one).
-    pub fn start(threads: usize) -> std::io::Result<Dialer> {
+    /// Starts `threads` dialer threads (at least one); `allow_private` (dev mode) lets them dial
+    /// loopback and private addresses.
+    pub fn start(threads: usize, allow_private: bool) -> std::io::Result<Dialer> {
         let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
         for i in 0..threads.max(1) {
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("dialer-{i}"))
                 .stack_size(2 << 20)
-                .spawn(move || serve(&rx))?;
+                .spawn(move || serve(&rx, allow_private))?;
         }
         Ok(Dialer { jobs })
     }
 
-    /// Dials `target` on a dialer thread and waits for the outcome in `slot`; gives up waiting
-    /// when `stopping` turns true (the connection, if made, is then dropped unused).
+    /// Dials `host`'s firehose from `cursor` on a dialer thread and waits for the outcome in
+    /// `slot`; gives up waiting when `stopping` turns true (the connection, if made, is then
+    /// dropped unused).
     pub fn dial(
         &self,
-        target: Target,
+        host: &Arc<HostHandle>,
+        cursor: Option<i64>,
         slot: &Arc<DialSlot>,
         stopping: impl Fn() -> bool,
     ) -> Result<Ws, ConnectError> {
@@ -76,7 +73,8 @@ impl Dialer {
         *outcome = None;
         metrics::gauge!("rlay_dial_queue").increment(1.0);
         let job = Job {
-            target,
+            host: host.clone(),
+            cursor,
             slot: slot.clone(),
         };
         if self.jobs.send(job).is_err() {
@@ -99,21 +97,14 @@ impl Dialer {
     }
 }
 
-fn serve(jobs: &Receiver<Job>) {
+fn serve(jobs: &Receiver<Job>, allow_private: bool) {
     for job in jobs {
-        let (host, cursor) = (&job.target.host, job.target.cursor);
+        let (host, cursor) = (&job.host, job.cursor);
         // A panic in the TLS or WebSocket code costs this dial, not the dialer thread.
         let result = crate::util::isolate::isolate(
             "dialer",
             || format!("dialing {}", host.hostname()),
-            || {
-                connect(
-                    host.hostname(),
-                    host.no_tls(),
-                    cursor,
-                    job.target.allow_private,
-                )
-            },
+            || connect(host.hostname(), host.no_tls(), cursor, allow_private),
         )
         .unwrap_or_else(|| Err(ConnectError::Handshake("the dial panicked".into())));
         metrics::gauge!("rlay_dial_queue").decrement(1.0);

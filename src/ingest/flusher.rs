@@ -100,7 +100,7 @@ pub fn spawn(
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("store-flusher".into()).stack_size(2 << 20).spawn(move || {
-        let mut failing = false;
+        let mut outage = crate::util::Outage::default();
         let mut last_head = 0;
         loop {
             let stopping = stop.load(Ordering::Relaxed);
@@ -109,17 +109,15 @@ pub fn spawn(
             match flush_once(&pipeline, store.as_ref(), &hosts, record) {
                 Ok(_) => {
                     last_head = head;
-                    if failing {
+                    if outage.recovered() {
                         log::info!("store: writes succeed again");
                     }
-                    failing = false;
                 }
                 Err(e) => {
-                    if !failing {
+                    if outage.failed() {
                         log::error!("store: cannot write account state ({e}); retrying every {interval:?}. Check the database ({}).", store.backend());
                     }
                     metrics::counter!("rlay_store_write_errors_total").increment(1);
-                    failing = true;
                 }
             }
             if stopping {

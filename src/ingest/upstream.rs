@@ -6,7 +6,7 @@
 //! after repeated failures, but still re-probed on a long backoff (indigo gives up on it);
 //! `banned` if the upstream turns out to be a relay itself.
 
-use super::dialer::{ConnectError, DialSlot, Dialer, Target};
+use super::dialer::{ConnectError, DialSlot, Dialer};
 use super::hosts::HostHandle;
 use super::pipeline::Pipeline;
 use super::rate::Limiter;
@@ -26,7 +26,6 @@ pub const MAX_FRAME: usize = 5_000_000;
 
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
-    pub(crate) allow_insecure: bool,
     /// Ping the upstream after this much silence.
     pub(crate) ping_after: Duration,
     /// Reconnect after this much silence (a stalled connection).
@@ -43,7 +42,6 @@ pub struct UpstreamConfig {
 impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
-            allow_insecure: false,
             ping_after: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(90),
             idle_retry: Duration::from_secs(15 * 60),
@@ -285,12 +283,7 @@ impl Upstream {
                 return;
             }
             let cursor = Some(host.resume_cursor()).filter(|c| *c > 0);
-            let target = Target {
-                host: host.clone(),
-                cursor,
-                allow_private: self.cfg.allow_insecure,
-            };
-            let end = match self.dialer.dial(target, slot, || self.stopping(host)) {
+            let end = match self.dialer.dial(host, cursor, slot, || self.stopping(host)) {
                 Ok(ws) => {
                     if host.status() != HostStatus::Banned {
                         self.set_status(host, HostStatus::Active);

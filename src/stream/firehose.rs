@@ -73,11 +73,12 @@ impl Read for Counted {
     /// Never waits. The consumer loop reads only to see whether the client sent something,
     /// then parks on the ring; a socket read timeout would hold every idle turn (and the next
     /// event) for a whole scheduler tick, since the kernel rounds it up to one (4 ms at HZ=250).
+    /// It is one `recv(MSG_DONTWAIT)`: writes must keep blocking, and switching the socket to
+    /// non-blocking and back around each read cost two more syscalls per wake-up.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.set_nonblocking(true)?;
-        let r = self.inner.read(buf);
-        let _ = self.inner.set_nonblocking(false);
-        r
+        use nix::sys::socket::{MsgFlags, recv};
+        use std::os::fd::AsRawFd;
+        recv(self.inner.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)
     }
 }
 

@@ -9,7 +9,7 @@ pub mod replay_budget;
 pub mod ring;
 pub mod sequencer;
 
-use crate::util::Hidden;
+use crate::util::{Hidden, Outage};
 use eventlog::{EventLog, OpenReport};
 use firehose::{FirehoseConfig, Hub};
 use registry::Registry;
@@ -67,35 +67,34 @@ const UPKEEP_EVERY_SECS: u32 = 10;
 
 /// One pass of compression, counted, and logged when it starts or stops failing; a failure
 /// leaves the raw segment in place and is tried again on the next pass.
-fn compress_sealed(log: &EventLog, failing: &mut bool) {
-    let r = log.compress_sealed();
-    if *failing && r.is_ok() {
-        log::info!("event log: compressing sealed segments works again");
-    }
-    match r {
-        Ok(c) if c.segments == 0 => *failing = false,
+fn compress_sealed(log: &EventLog, outage: &mut Outage) {
+    match log.compress_sealed() {
         Ok(c) => {
-            *failing = false;
-            metrics::counter!("rlay_log_compressed_segments_total").increment(c.segments as u64);
-            metrics::counter!("rlay_log_compress_raw_bytes_total").increment(c.raw_bytes);
-            metrics::counter!("rlay_log_compress_out_bytes_total").increment(c.compressed_bytes);
-            log::info!(
-                "event log: compressed {} segment(s), {} → {} bytes",
-                c.segments,
-                c.raw_bytes,
-                c.compressed_bytes
-            );
-        }
-        Err(_) if *failing => {
-            metrics::counter!("rlay_log_compress_errors_total").increment(1);
+            if outage.recovered() {
+                log::info!("event log: compressing sealed segments works again");
+            }
+            if c.segments > 0 {
+                metrics::counter!("rlay_log_compressed_segments_total")
+                    .increment(c.segments as u64);
+                metrics::counter!("rlay_log_compress_raw_bytes_total").increment(c.raw_bytes);
+                metrics::counter!("rlay_log_compress_out_bytes_total")
+                    .increment(c.compressed_bytes);
+                log::info!(
+                    "event log: compressed {} segment(s), {} → {} bytes",
+                    c.segments,
+                    c.raw_bytes,
+                    c.compressed_bytes
+                );
+            }
         }
         Err(e) => {
-            *failing = true;
             metrics::counter!("rlay_log_compress_errors_total").increment(1);
-            log::error!(
-                "event log: compressing sealed segments in {} failed: {e}; they stay uncompressed (readable) and are tried again in {UPKEEP_EVERY_SECS} s; check free disk space",
-                log.dir().display()
-            );
+            if outage.failed() {
+                log::error!(
+                    "event log: compressing sealed segments in {} failed: {e}; they stay uncompressed (readable) and are tried again in {UPKEEP_EVERY_SECS} s; check free disk space",
+                    log.dir().display()
+                );
+            }
         }
     }
 }
@@ -139,10 +138,10 @@ impl Stream {
             .name("log-upkeep".into())
             .stack_size(1 << 20)
             .spawn(move || {
-                let mut failing = false;
+                let mut outage = Outage::default();
                 while !stop.load(Ordering::Relaxed) {
                     if compress {
-                        compress_sealed(&log, &mut failing);
+                        compress_sealed(&log, &mut outage);
                     }
                     let cutoff = crate::util::now_ms() - window.as_millis() as i64;
                     match log.remove_older_than(cutoff) {

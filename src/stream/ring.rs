@@ -158,7 +158,8 @@ impl Ring {
             self.first.store(first.seq, Ordering::Release);
         }
         // Over the byte bound: drop the oldest frames, never the newest. The tail moves before
-        // its slot is emptied, so a reader told "ready" never finds the slot gone.
+        // its slot is emptied; a reader that passed the tail check and then finds the slot
+        // empty is told "evicted", as when a slot is overwritten.
         let mut tail = self
             .tail
             .load(Ordering::Relaxed)

@@ -216,29 +216,29 @@ fn run(
 /// The periodic fdatasync, until the log is dropped. A failure is logged when it starts and
 /// when it ends (appends report the disk's state to health on their own).
 fn sync_every(log: std::sync::Weak<EventLog>) {
-    let mut failing = false;
+    let mut outage = crate::util::Outage::default();
     loop {
         std::thread::sleep(SYNC_EVERY);
         let Some(log) = log.upgrade() else {
             return;
         };
         match log.sync() {
-            Ok(()) if failing => {
-                failing = false;
-                log::info!(
-                    "event log: fdatasync works again in {}",
-                    log.dir().display()
-                );
+            Ok(()) => {
+                if outage.recovered() {
+                    log::info!(
+                        "event log: fdatasync works again in {}",
+                        log.dir().display()
+                    );
+                }
             }
-            Ok(()) => {}
-            Err(e) if !failing => {
-                failing = true;
-                log::error!(
-                    "event log: fdatasync failed in {}: {e}; events are still written and broadcast but may not survive a power loss (check the disk)",
-                    log.dir().display()
-                );
+            Err(e) => {
+                if outage.failed() {
+                    log::error!(
+                        "event log: fdatasync failed in {}: {e}; events are still written and broadcast but may not survive a power loss (check the disk)",
+                        log.dir().display()
+                    );
+                }
             }
-            Err(_) => {}
         }
     }
 }

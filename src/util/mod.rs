@@ -24,6 +24,23 @@ pub fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
+/// Whether a task retried in the background is failing, so its error is logged once when it
+/// starts failing and once when it works again, not on every retry.
+#[derive(Debug, Default)]
+pub struct Outage(bool);
+
+impl Outage {
+    /// Records a failure; true if it starts an outage (log it).
+    pub fn failed(&mut self) -> bool {
+        !std::mem::replace(&mut self.0, true)
+    }
+
+    /// Records a success; true if it ends an outage (say so).
+    pub fn recovered(&mut self) -> bool {
+        std::mem::replace(&mut self.0, false)
+    }
+}
+
 /// FNV-1a 64 of a DID: stable across runs (the event log stores it), cheap, and good enough to
 /// key a set or pick a shard.
 pub fn did_hash(did: &str) -> u64 {
