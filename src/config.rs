@@ -118,6 +118,9 @@ pub struct Settings {
     /// DID resolver threads.
     #[arg(long, env = "RELAY_RESOLVER_THREADS", default_value = "4", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     resolver_threads: u16,
+    /// Threads that verify events (signatures, commits, MST proofs); host threads only read.
+    #[arg(long, env = "RELAY_VERIFY_THREADS", default_value_t = crate::ingest::pipeline::DEFAULT_VERIFY_THREADS, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    verify_threads: u16,
     /// Threads that dial upstream hosts (DNS, TCP, TLS, WebSocket handshake): at most this many
     /// connection attempts at once; the others wait in `rlay_dial_queue`.
     #[arg(long, env = "RELAY_DIAL_THREADS", default_value = "16", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
@@ -286,6 +289,7 @@ pub struct Config {
     pub(crate) account_cache_size: usize,
     pub(crate) consumer_stall_timeout: Duration,
     pub(crate) resolver_threads: usize,
+    pub(crate) verify_threads: usize,
     pub(crate) dial_threads: usize,
     pub(crate) upstream_stall_timeout: Duration,
     pub(crate) idle_host_retry: Duration,
@@ -347,6 +351,7 @@ impl Settings {
             account_cache_size: self.account_cache_size,
             consumer_stall_timeout: self.consumer_stall_timeout,
             resolver_threads: usize::from(self.resolver_threads),
+            verify_threads: usize::from(self.verify_threads),
             dial_threads: usize::from(self.dial_threads),
             upstream_stall_timeout: self.upstream_stall_timeout,
             idle_host_retry: self.idle_host_retry,

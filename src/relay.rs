@@ -155,10 +155,13 @@ impl Relay {
             stream.sequencer.clone(),
             hosts.clone(),
             hub.hidden.clone(),
-            PipelineConfig::new(cfg.lenient_sync_validation, cfg.optimistic_validation),
+            PipelineConfig {
+                verify_threads: cfg.verify_threads,
+                ..PipelineConfig::new(cfg.lenient_sync_validation, cfg.optimistic_validation)
+            },
             Some(index.writer.clone()),
         )
-        .map_err(|e| format!("cannot start the identity gate threads: {e}"))?;
+        .map_err(|e| format!("cannot start the identity gate and validation threads: {e}"))?;
         let upstream = Arc::new(Upstream {
             pipeline: pipeline.clone(),
             store: store.clone(),

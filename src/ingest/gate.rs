@@ -4,9 +4,9 @@
 //! One owner per DID: each gate worker thread owns the queues of the DIDs that hash to it and
 //! receives two kinds of message, `Wait` (an event to hold) and `Resolved` (a lookup finished).
 //! On `Resolved` it processes that DID's queue in order with the fresh identity. The resolver
-//! only resolves; host threads never wait; nothing here lives in the account slots.
+//! only resolves; validation threads never wait; nothing here lives in the account slots.
 //!
-//! Order: a host thread must not process a DID's event inline while earlier events of that DID
+//! Order: a validation thread must not process a DID's event while earlier events of that DID
 //! are still held, even in the gate's channel. So the count of held events per DID is kept
 //! beside the queues (`Held`), raised by the sender *before* it sends and lowered by the worker
 //! only after it has processed the event: a count of zero means nothing of that DID is held
@@ -46,13 +46,14 @@ struct HeldEntry {
     overflowed: bool,
 }
 
-/// What a host thread learns when it offers an event of a DID.
+/// What a validation thread learns when it offers an event of a DID.
 pub(crate) enum Join {
     /// Nothing of this DID is held: process it now (or hold it, if its identity is unknown).
     Clear,
     /// Earlier events of this DID are held; this one has been counted and must be held too.
     Behind,
-    /// Earlier events are held and the DID's queue, or the host's share, is full: wait.
+    /// Earlier events are held and the DID's queue, or the host's share, is full: hold it
+    /// anyway (its host thread is pausing, see `is_full`).
     Full,
 }
 
@@ -101,6 +102,16 @@ impl Gate {
                 Join::Behind
             }
         }
+    }
+
+    /// Whether an event of `did` from `host` would have to wait for room (its DID's queue or
+    /// the host's share is full). Host threads ask before handing the event to validation, so
+    /// the wait is theirs; the bounds are passed by at most what a host has queued there.
+    pub(crate) fn is_full(&self, did: &str, host: &HostHandle) -> bool {
+        !self.has_room(host)
+            || lock(self.held.of(did))
+                .get(did)
+                .is_some_and(|e| e.count >= self.max_per_did)
     }
 
     /// Whether the host may have one more event held.

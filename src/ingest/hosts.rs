@@ -79,6 +79,8 @@ pub struct HostHandle {
     /// Events of this host held in the identity gate, and identity lookups they have asked for.
     held: AtomicI64,
     lookups: AtomicI64,
+    /// Events of this host queued for the validation threads.
+    queued: AtomicI64,
     /// When the current (or last) connection was made, unix ms; 0: never.
     connected_at_ms: AtomicI64,
     /// Cut short the connection thread's wait before its next attempt (discovery saw the host
@@ -136,6 +138,7 @@ impl HostHandle {
             last_message_ms: AtomicI64::new(0),
             held: AtomicI64::new(0),
             lookups: AtomicI64::new(0),
+            queued: AtomicI64::new(0),
             connected_at_ms: AtomicI64::new(0),
             wake: AtomicBool::new(false),
             rate: Default::default(),
@@ -257,6 +260,14 @@ impl HostHandle {
 
     pub(crate) fn add_held(&self, delta: i64) {
         self.held.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed).max(0) as usize
+    }
+
+    pub(crate) fn add_queued(&self, delta: i64) {
+        self.queued.fetch_add(delta, Ordering::Relaxed);
     }
 
     pub(crate) fn lookups(&self) -> usize {

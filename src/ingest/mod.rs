@@ -13,4 +13,5 @@ pub mod pipeline;
 mod rate;
 pub mod resync;
 pub mod upstream;
+mod validators;
 mod watchdog;

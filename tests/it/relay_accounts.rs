@@ -259,3 +259,57 @@ fn events_waiting_for_a_slow_identity_are_bounded_and_never_dropped() {
     );
     relay.shutdown();
 }
+
+/// Validation threads are shared by every host, but a host whose events wait for an identity
+/// pauses on its own thread: while one host is paused, another host's events still go out.
+/// One validation thread, so both hosts' events pass through it.
+#[test]
+fn a_host_paused_for_identities_does_not_hold_up_another_host() {
+    let (sim, _dir, relay) = crawled_network(2, 0, None, &[("verify-threads", "1")]);
+    let other = sim.world().create_account(1, None).expect("account");
+    sim.world()
+        .post(&other, "warm the identity cache")
+        .expect("post");
+    wait_until(10, "the other host's first commit", || {
+        relay.head_seq() >= 1
+    });
+    let paused = format!("pds=\"{}\"", sim.hostnames()[0]);
+    let mark = Mark::now();
+
+    sim.world().plc().hold(true);
+    let newcomer = sim.world().create_account(0, None).expect("account");
+    for i in 0..1_100 {
+        sim.world()
+            .post(&newcomer, &format!("queued {i}"))
+            .expect("post");
+    }
+    wait_until(20, "the newcomer's host paused", || {
+        mark.delta("rlay_host_backpressure_total", &[&paused]) >= 1.0
+    });
+    let commits_of = |did: &str| {
+        read_until_head(&relay, 0)
+            .iter()
+            .filter(|e| matches!(e, Event::Commit(_)) && e.did() == Some(did))
+            .count()
+    };
+    let before = commits_of(&other);
+    for i in 0..20 {
+        sim.world()
+            .post(&other, &format!("while the newcomer's host is paused {i}"))
+            .expect("post");
+    }
+    wait_until(10, "the other host's 20 commits", || {
+        commits_of(&other) == before + 20
+    });
+    assert_eq!(
+        commits_of(&newcomer),
+        0,
+        "nothing of the newcomer's went out unverified"
+    );
+    sim.world().plc().hold(false);
+    // Its first commit (the account's creation) and the 1,100 posts.
+    wait_until(30, "the newcomer's events", || {
+        commits_of(&newcomer) == 1_101
+    });
+    relay.shutdown();
+}

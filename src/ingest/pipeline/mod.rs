@@ -1,14 +1,15 @@
 //! What happens to each upstream event: identity, host authority, account status, full
 //! verification, account state, and emission to the sequencer.
 //!
-//! No unverified event leaves the relay, and no host thread waits for DID resolution. When a
-//! DID's identity is cached the host thread verifies inline. Otherwise the event waits in the
+//! No unverified event leaves the relay, and no host thread waits for DID resolution. Host
+//! threads hand each event to its DID's validation thread (`validators`). When the DID's
+//! identity is cached that thread verifies it at once. Otherwise the event waits in the
 //! identity gate (`gate`), in its DID's bounded queue, and a gate thread processes it once the
 //! resolver reports the DID; later events of that DID queue behind it, so order is kept. A
 //! signature failure or a host mismatch refreshes the identity once and retries.
 //!
-//! This code runs on host threads (cached identities), gate threads (released events) and API
-//! threads (takedowns); they meet only in the account shards.
+//! This code runs on validation threads (cached identities), gate threads (released events)
+//! and API threads (takedowns); they meet only in the account shards.
 //!
 //! State changes and the matching emission happen under the account's shard lock, so the store
 //! flusher never sees state whose event has not reached the sequencer.
@@ -21,6 +22,7 @@ mod store_wait;
 use super::accounts::{ACTIVE, Account, Accounts, Slot, THROTTLED};
 use super::gate::{Gate, Join, Pending};
 use super::hosts::{HostHandle, Hosts};
+use super::validators::{MAX_QUEUED_PER_HOST, Validators};
 use crate::identity::{Resolution, Resolver};
 use crate::proto::frame::{AccountEvent, Event, IdentityEvent};
 use crate::proto::syntax::{is_normalized_did, is_valid_did};
@@ -34,6 +36,9 @@ use store_wait::StoreWait;
 
 /// How many gate threads process events released by identity lookups.
 const GATE_THREADS: usize = 2;
+/// Validation threads unless configured: enough to keep 2–4 cores busy while some wait on the
+/// store for an account not in memory.
+pub const DEFAULT_VERIFY_THREADS: u16 = 4;
 
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -42,6 +47,8 @@ pub struct PipelineConfig {
     pub(crate) optimistic: bool,
     /// Events a DID may have waiting for its identity before its host is paused.
     pub(crate) max_pending_per_did: usize,
+    /// Threads that verify events (see `validators`).
+    pub(crate) verify_threads: usize,
 }
 
 impl PipelineConfig {
@@ -61,6 +68,7 @@ impl Default for PipelineConfig {
             lenient: false,
             optimistic: false,
             max_pending_per_did: 1000,
+            verify_threads: usize::from(DEFAULT_VERIFY_THREADS),
         }
     }
 }
@@ -84,6 +92,7 @@ pub struct Pipeline {
     recovered: Mutex<Recovered>,
     resolver: Arc<Resolver>,
     gate: Gate,
+    validators: Validators,
     sequencer: Sequencer,
     hosts: Arc<Hosts>,
     hidden: Arc<Hidden>,
@@ -156,11 +165,13 @@ impl Pipeline {
         observer: Option<Arc<dyn Observer>>,
     ) -> std::io::Result<Arc<Pipeline>> {
         let (gate, workers) = Gate::new(GATE_THREADS, cfg.max_pending_per_did);
+        let (validators, validator_threads) = Validators::new(cfg.verify_threads);
         let p = Arc::new(Pipeline {
             accounts,
             recovered: Mutex::default(),
             resolver,
             gate,
+            validators,
             sequencer,
             hosts,
             hidden,
@@ -170,6 +181,7 @@ impl Pipeline {
             resync: std::sync::OnceLock::new(),
         });
         workers.spawn(Arc::downgrade(&p))?;
+        validator_threads.spawn(Arc::downgrade(&p))?;
         Ok(p)
     }
 
@@ -184,6 +196,10 @@ impl Pipeline {
 
     pub fn resolver(&self) -> &Arc<Resolver> {
         &self.resolver
+    }
+
+    pub(super) fn validators(&self) -> &Validators {
+        &self.validators
     }
 
     pub(crate) fn gate(&self) -> &Gate {
@@ -205,10 +221,10 @@ impl Pipeline {
 
     /// Nothing is being looked up or waiting for an identity (tests wait for this).
     pub fn is_idle(&self) -> bool {
-        self.resolver.pending() == 0 && self.gate.dids_held() == 0
+        self.resolver.pending() == 0 && self.gate.dids_held() == 0 && self.validators.busy() == 0
     }
 
-    /// Entry point for host threads.
+    /// Entry point for host threads: the event goes to its DID's validation thread.
     pub fn submit(&self, host: &Arc<HostHandle>, seq: u64, event: Event) {
         let Some(did) = event.did().map(str::to_owned) else {
             // Nothing to process, but the cursor moves past it.
@@ -232,66 +248,74 @@ impl Pipeline {
         if matches!(event, Event::Identity(_) | Event::Account(_)) {
             self.resolver.purge(&did);
         }
-        self.dispatch(
-            Pending {
-                host: host.clone(),
-                seq,
-                event,
-                attempt: 0,
-            },
-            &did,
-        );
+        if !self.wait_for_room(host, &did) {
+            // The connection is going away: resume later from before this event.
+            host.rewind_cursor();
+            return;
+        }
+        let item = Pending {
+            host: host.clone(),
+            seq,
+            event,
+            attempt: 0,
+        };
+        self.validators.send(did, item);
     }
 
-    /// Processes the event now (identity cached) or holds it in the gate. When the DID's queue
-    /// or the host's share of the gate is full, the host thread waits here: it stops reading,
-    /// TCP pushes back on the PDS, and overload costs latency, never a valid event.
-    fn dispatch(&self, item: Pending, did: &str) {
-        let mut paused = false;
-        loop {
-            match self.gate.join(did, &item.host) {
-                // Behind earlier events of the DID that wait for its identity.
-                Join::Behind => return self.gate.hold(did, item, true, false),
-                Join::Full => {}
-                Join::Clear => {
-                    if let Some(res) = self.resolver.cached(did) {
-                        if let Processed::Retry(item) = self.process(item, did, &res) {
-                            self.resolver.purge(did);
-                            self.gate.hold(did, *item, false, true);
-                        }
-                        return;
+    /// On a validation thread: processes the event now (identity cached) or holds it in the
+    /// gate. Never waits: a full DID queue or host share was already waited out by the host
+    /// thread in `submit`, so holding here passes the bound by at most what the host had queued.
+    pub(super) fn dispatch(&self, item: Pending, did: &str) {
+        match self.gate.join(did, &item.host) {
+            // Behind earlier events of the DID that wait for its identity.
+            Join::Behind => self.gate.hold(did, item, true, false),
+            Join::Full => self.gate.hold(did, item, false, false),
+            Join::Clear => {
+                if let Some(res) = self.resolver.cached(did) {
+                    if let Processed::Retry(item) = self.process(item, did, &res) {
+                        self.resolver.purge(did);
+                        self.gate.hold(did, *item, false, true);
                     }
-                    if self.cfg.optimistic
-                        && matches!(item.event, Event::Commit(_) | Event::Sync(_))
-                    {
-                        self.passthrough(item, did);
-                        self.resolver.request(did, None);
-                        return;
-                    }
-                    if self.gate.has_room(&item.host) {
-                        return self.gate.hold(did, item, false, false);
-                    }
+                } else if self.cfg.optimistic
+                    && matches!(item.event, Event::Commit(_) | Event::Sync(_))
+                {
+                    self.passthrough(item, did);
+                    self.resolver.request(did, None);
+                } else {
+                    self.gate.hold(did, item, false, false);
                 }
             }
-            if item.host.killed() {
-                // The connection is going away: resume later from before this event.
-                item.host.rewind_cursor();
-                return;
+        }
+    }
+
+    /// On the host thread, before it hands an event over: waits while the host has its share
+    /// queued for validation, or while the event's DID queue or the host's share of the gate
+    /// is full. The host stops reading, TCP pushes back on the PDS, and overload costs
+    /// latency, never a valid event. Returns false if the connection went away meanwhile.
+    fn wait_for_room(&self, host: &HostHandle, did: &str) -> bool {
+        let mut paused = false;
+        loop {
+            let gate_full = self.gate.is_full(did, host);
+            if !gate_full && host.queued() < MAX_QUEUED_PER_HOST {
+                return true;
             }
-            if !std::mem::replace(&mut paused, true) {
-                metrics::counter!("rlay_host_backpressure_total", "pds" => item.host.hostname().to_owned())
+            if host.killed() {
+                return false;
+            }
+            if gate_full && !std::mem::replace(&mut paused, true) {
+                metrics::counter!("rlay_host_backpressure_total", "pds" => host.hostname().to_owned())
                     .increment(1);
                 log::debug!(
                     "ingest: {} paused: its events waiting for identities are at their bound ({did} waiting)",
-                    item.host.hostname()
+                    host.hostname()
                 );
             }
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            std::thread::sleep(std::time::Duration::from_micros(500));
         }
     }
 
     /// Runs one event through verification and account state with its DID's resolution, on a
-    /// host thread (cached identity) or a gate thread (released by a lookup).
+    /// validation thread (cached identity) or a gate thread (released by a lookup).
     pub(crate) fn process(&self, item: Pending, did: &str, res: &Resolution) -> Processed {
         let (host, seq) = (item.host.clone(), item.seq);
         match self.process_event(item, did, res) {

@@ -1,6 +1,6 @@
 //! What the ingest path does while the account store does not answer: wait and retry, never
 //! drop. An event whose account cannot be loaded is not processed, so its host's cursor must
-//! not pass it; the thread carrying it (a host thread, or a gate thread whose backlog then
+//! not pass it; the thread carrying it (a validation or gate thread, whose queue then
 //! pauses the hosts feeding it) waits here, which stops reading from the PDS until the store
 //! is back. Overload by a database outage thus costs latency, not events.
 
