@@ -52,8 +52,9 @@ pub(crate) enum Join {
     Clear,
     /// Earlier events of this DID are held; this one has been counted and must be held too.
     Behind,
-    /// Earlier events are held and the DID's queue, or the host's share, is full: hold it
-    /// anyway (its host thread is pausing, see `is_full`).
+    /// Earlier events are held and the DID's queue, or the host's share, is full. Host threads
+    /// wait for room before queueing (`is_full`), so this happens only when two hosts send
+    /// events of one DID at once: hold it anyway.
     Full,
 }
 
@@ -106,12 +107,14 @@ impl Gate {
 
     /// Whether an event of `did` from `host` would have to wait for room (its DID's queue or
     /// the host's share is full). Host threads ask before handing the event to validation, so
-    /// the wait is theirs; the bounds are passed by at most what a host has queued there.
+    /// the wait is theirs. The host's events still queued for validation count as held: they
+    /// may all join this DID's queue, and so the bounds are never passed.
     pub(crate) fn is_full(&self, did: &str, host: &HostHandle) -> bool {
-        !self.has_room(host)
+        let queued = host.queued();
+        host.held() + queued >= MAX_HELD_PER_HOST
             || lock(self.held.of(did))
                 .get(did)
-                .is_some_and(|e| e.count >= self.max_per_did)
+                .is_some_and(|e| e.count as usize + queued >= self.max_per_did as usize)
     }
 
     /// Whether the host may have one more event held.

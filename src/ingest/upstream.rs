@@ -103,53 +103,15 @@ impl Session {
             ));
             return FrameResult::Reconnect("frame over 5 MB".into());
         }
-        let event = match frame::decode(bytes) {
-            Ok(e) => e,
-            Err(e) if e.is_fatal() => {
-                metrics::counter!("rlay_bad_frames_total", "reason" => "invalid_cbor").increment(1);
-                self.warn_once(format_args!("invalid frame ({e}); dropping the connection as the spec requires and reconnecting"));
-                return FrameResult::Reconnect(e.to_string());
-            }
-            Err(e) => {
-                metrics::counter!("rlay_bad_frames_total", "reason" => "schema").increment(1);
-                log::debug!("upstream {}: dropping a frame: {e}", self.host.hostname());
-                return FrameResult::Continue;
-            }
-        };
-        let seq = match &event {
-            Event::Error(e) if e.error == "FutureCursor" => return FrameResult::FutureCursor,
-            // Text from the network is logged escaped (no forged lines, no terminal escapes)
-            // and at most once per connection.
-            Event::Error(e) => {
-                self.warn_once(format_args!(
-                    "sent error {:?}: {:?}",
-                    clip(&e.error, 100),
-                    clip(e.message.as_deref().unwrap_or(""), 300)
-                ));
-                return FrameResult::Reconnect(format!("upstream error {:?}", clip(&e.error, 100)));
-            }
-            Event::Info(i) => {
-                metrics::counter!("rlay_upstream_info_total").increment(1);
-                if !std::mem::replace(&mut self.info_logged, true) {
-                    log::info!(
-                        "upstream {}: #info {:?} {:?} (later #info on this connection are not logged)",
-                        self.host.hostname(),
-                        clip(&i.name, 100),
-                        clip(i.message.as_deref().unwrap_or(""), 300)
-                    );
-                }
-                return FrameResult::Continue;
-            }
-            Event::Unknown { t, .. } => {
-                metrics::counter!("rlay_events_skipped_total", "reason" => "unknown_type")
-                    .increment(1);
-                log::debug!(
-                    "upstream {}: skipping message type {t:?}",
-                    self.host.hostname()
-                );
-                return FrameResult::Continue;
-            }
-            e => e.seq().unwrap_or(0),
+        let (seq, did) = match frame::peek(bytes) {
+            Ok(frame::Peek::Repo {
+                seq: Some(seq),
+                did: Some(did),
+            }) => (seq, did),
+            // Decoded where it is processed, which reports what is missing.
+            Ok(frame::Peek::Repo { .. }) => return self.schema_error(&"no integer `seq` or DID"),
+            Ok(frame::Peek::Other) => return self.other(bytes),
+            Err(e) => return self.fatal(&e),
         };
         if !(1..(1i64 << 53)).contains(&seq) || self.last_seq.is_some_and(|l| seq as u64 <= l) {
             metrics::counter!("rlay_events_dropped_total", "reason" => "seq_not_increasing", "pds" => self.host.hostname().to_owned())
@@ -162,8 +124,65 @@ impl Session {
             return FrameResult::Continue;
         }
         self.last_seq = Some(seq as u64);
-        pipeline.submit(&self.host, seq as u64, event);
+        pipeline.submit(&self.host, seq as u64, did, bytes);
         FrameResult::Continue
+    }
+
+    fn fatal(&mut self, e: &frame::FrameError) -> FrameResult {
+        metrics::counter!("rlay_bad_frames_total", "reason" => "invalid_cbor").increment(1);
+        self.warn_once(format_args!(
+            "invalid frame ({e}); dropping the connection as the spec requires and reconnecting"
+        ));
+        FrameResult::Reconnect(e.to_string())
+    }
+
+    fn schema_error(&self, e: &dyn std::fmt::Display) -> FrameResult {
+        metrics::counter!("rlay_bad_frames_total", "reason" => "schema").increment(1);
+        log::debug!("upstream {}: dropping a frame: {e}", self.host.hostname());
+        FrameResult::Continue
+    }
+
+    /// Frames other than repo events: info, errors, and types this relay does not know.
+    fn other(&mut self, bytes: &Bytes) -> FrameResult {
+        match frame::decode(bytes) {
+            Err(e) if e.is_fatal() => self.fatal(&e),
+            Err(e) => self.schema_error(&e),
+            Ok(Event::Error(e)) if e.error == "FutureCursor" => FrameResult::FutureCursor,
+            // Text from the network is logged escaped (no forged lines, no terminal escapes)
+            // and at most once per connection.
+            Ok(Event::Error(e)) => {
+                self.warn_once(format_args!(
+                    "sent error {:?}: {:?}",
+                    clip(&e.error, 100),
+                    clip(e.message.as_deref().unwrap_or(""), 300)
+                ));
+                FrameResult::Reconnect(format!("upstream error {:?}", clip(&e.error, 100)))
+            }
+            Ok(Event::Info(i)) => {
+                metrics::counter!("rlay_upstream_info_total").increment(1);
+                if !std::mem::replace(&mut self.info_logged, true) {
+                    log::info!(
+                        "upstream {}: #info {:?} {:?} (later #info on this connection are not logged)",
+                        self.host.hostname(),
+                        clip(&i.name, 100),
+                        clip(i.message.as_deref().unwrap_or(""), 300)
+                    );
+                }
+                FrameResult::Continue
+            }
+            // `peek` sends every repo event on, so only unknown types are left.
+            Ok(e) => {
+                metrics::counter!("rlay_events_skipped_total", "reason" => "unknown_type")
+                    .increment(1);
+                if let Event::Unknown { t, .. } = e {
+                    log::debug!(
+                        "upstream {}: skipping message type {t:?}",
+                        self.host.hostname()
+                    );
+                }
+                FrameResult::Continue
+            }
+        }
     }
 }
 

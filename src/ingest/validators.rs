@@ -1,5 +1,6 @@
-//! The validation threads: host threads read and decode frames and hand each event here, where
-//! verification, account state and emission run on a few threads.
+//! The validation threads: host threads read frames, check them with `frame::peek` and hand
+//! each one here, where decoding, verification, account state and emission run on a few
+//! threads.
 //!
 //! Why not verify on the host thread: mimalloc gives every thread its own heap, and a thread
 //! that verifies opens pages in every size class decoding, the CAR, the MST and encoding use.
@@ -16,11 +17,12 @@
 //! Waits that belong to one host (its identity-gate share) are taken by that host's thread in
 //! `Pipeline::submit`, never by a validation thread.
 
-use super::gate::Pending;
+use super::hosts::HostHandle;
 use super::pipeline::Pipeline;
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
-use std::sync::Weak;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
 
 /// Events waiting in one validation thread's queue.
 const QUEUE_PER_THREAD: usize = 2048;
@@ -28,8 +30,9 @@ const QUEUE_PER_THREAD: usize = 2048;
 pub(crate) const MAX_QUEUED_PER_HOST: usize = 64;
 
 struct Job {
-    did: String,
-    item: Pending,
+    host: Arc<HostHandle>,
+    seq: u64,
+    frame: Bytes,
 }
 
 /// The sending side, owned by the pipeline.
@@ -56,18 +59,19 @@ impl Validators {
         (v, ValidatorThreads { receivers })
     }
 
-    /// Queues the event for its DID's thread; blocks while that queue is full.
-    pub(crate) fn send(&self, did: String, item: Pending) {
-        let t = (crate::util::did_hash(&did) % self.queues.len() as u64) as usize;
-        item.host.add_queued(1);
+    /// Queues the frame for the thread of its DID (by `did_hash`); blocks while that queue is
+    /// full. Allocates nothing, so host threads keep few allocator pages.
+    pub(crate) fn send(&self, did_hash: u64, host: Arc<HostHandle>, seq: u64, frame: Bytes) {
+        let t = (did_hash % self.queues.len() as u64) as usize;
+        host.add_queued(1);
         self.busy.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.queues[t].send(Job { did, item }) {
+        if let Err(e) = self.queues[t].send(Job { host, seq, frame }) {
             // The thread is gone (shutdown): the event is lost with the process anyway, but
             // its host's cursor must not wait for it.
             let job = e.into_inner();
-            job.item.host.add_queued(-1);
+            job.host.add_queued(-1);
             self.busy.fetch_sub(1, Ordering::Relaxed);
-            job.item.host.end(job.item.seq);
+            job.host.end(job.seq);
         }
     }
 
@@ -91,15 +95,15 @@ impl ValidatorThreads {
 }
 
 fn run(pipeline: &Weak<Pipeline>, rx: &Receiver<Job>) {
-    while let Ok(Job { did, item }) = rx.recv() {
+    while let Ok(Job { host, seq, frame }) = rx.recv() {
         let Some(p) = pipeline.upgrade() else { return };
-        let (host, seq) = (item.host.clone(), item.seq);
         // The host may queue another while this one is processed.
         host.add_queued(-1);
+        let h = host.clone();
         let done = crate::util::isolate::isolate(
             "validate",
-            || format!("processing seq {seq} from {} for {did}", host.hostname()),
-            || p.dispatch(item, &did),
+            || format!("processing seq {seq} from {}", host.hostname()),
+            || p.accept(h, seq, &frame),
         );
         if done.is_none() {
             // The event is lost with the panic; its host's cursor must not wait for it.

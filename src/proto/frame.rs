@@ -168,8 +168,9 @@ fn header_bytes(t: &str) -> Vec<u8> {
     w.into_bytes()
 }
 
-/// Decodes one binary WebSocket frame.
-pub fn decode(frame: &Bytes) -> Result<Event, FrameError> {
+/// Checks that the frame is exactly two strictly canonical items (an error here is
+/// connection-fatal) and reads its header: `(op, t, body start)`.
+fn split(frame: &[u8]) -> Result<(i64, Option<&str>, usize), FrameError> {
     // Pass 1: exactly two strictly canonical items.
     let mut r = Reader::new(frame);
     r.skip(MAX_DEPTH)?;
@@ -184,10 +185,64 @@ pub fn decode(frame: &Bytes) -> Result<Event, FrameError> {
     let mut h = Reader::new(&frame[..body_start]);
     let (op, t) = read_header(&mut h).map_err(|_| FrameError::Header("header is not a map"))?;
     let op = op.ok_or(FrameError::Header("header has no integer `op`"))?;
+    if op == 1 && t.is_none() {
+        return Err(FrameError::Header("message header has no `t`"));
+    }
+    Ok((op, t, body_start))
+}
+
+/// What a host thread learns of a frame before handing it on, without allocating.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Peek<'a> {
+    /// `#commit`, `#sync`, `#identity` or `#account`, with the body's `seq` and DID if they are
+    /// there with the right types (the full check is `decode`'s).
+    Repo {
+        seq: Option<i64>,
+        did: Option<&'a str>,
+    },
+    /// Anything else (`#info`, errors, unknown types): rare, decode it at once.
+    Other,
+}
+
+/// Checks the frame as strictly as `decode` does for connection-fatal errors, and finds what
+/// ordering needs (the upstream seq and the DID) while leaving the body to `decode`. Lets the
+/// thousands of host threads pass frames on without building events (see
+/// `ingest::validators`).
+pub fn peek(frame: &[u8]) -> Result<Peek<'_>, FrameError> {
+    let (op, t, body_start) = split(frame)?;
+    let did_key = match (op, t) {
+        (1, Some("#commit")) => "repo",
+        (1, Some("#sync" | "#identity" | "#account")) => "did",
+        _ => return Ok(Peek::Other),
+    };
+    let (mut seq, mut did) = (None, None);
+    let mut r = Reader::new(&frame[body_start..]);
+    // The body was checked in `split`; a body that is not a map is `decode`'s schema error.
+    if let Ok(mut keys) = r.map() {
+        while let Ok(Some(k)) = keys.next(&mut r) {
+            let kind = r.peek_kind();
+            let read = match k {
+                "seq" if matches!(kind, Ok(Kind::Unsigned | Kind::Negative)) => {
+                    r.i64().map(|v| seq = Some(v))
+                }
+                k if k == did_key && kind == Ok(Kind::Text) => r.str().map(|v| did = Some(v)),
+                _ => r.skip(MAX_DEPTH),
+            };
+            if read.is_err() || (seq.is_some() && did.is_some()) {
+                break;
+            }
+        }
+    }
+    Ok(Peek::Repo { seq, did })
+}
+
+/// Decodes one binary WebSocket frame.
+pub fn decode(frame: &Bytes) -> Result<Event, FrameError> {
+    let (op, t, body_start) = split(frame)?;
     let body = &frame[body_start..];
     match op {
         1 => {
-            let t = t.ok_or(FrameError::Header("message header has no `t`"))?;
+            let t = t.unwrap_or_default();
             let schema = |t: &'static str| move |why: String| FrameError::Schema { t, why };
             match t {
                 "#commit" => read_commit(frame, body)
@@ -687,6 +742,14 @@ mod tests {
         }
         let d = decode(&bytes).expect("decodes strictly");
         assert_eq!(d, e);
+        let want = match &e {
+            Event::Info(_) | Event::Error(_) | Event::Unknown { .. } => Peek::Other,
+            _ => Peek::Repo {
+                seq: e.seq(),
+                did: e.did(),
+            },
+        };
+        assert_eq!(peek(&bytes), Ok(want));
         assert_eq!(encode(&d), bytes.to_vec());
     }
 
@@ -773,8 +836,10 @@ mod tests {
             message: None,
         }));
         f.push(0);
+        assert!(peek(&f).is_err(), "peek finds what is fatal");
         assert!(decode(&Bytes::from(f)).unwrap_err().is_fatal());
         // Header only: fatal.
+        assert!(peek(&header_bytes("#commit")).is_err());
         assert!(
             decode(&Bytes::from(header_bytes("#info")))
                 .unwrap_err()
@@ -789,8 +854,27 @@ mod tests {
             .i64(1)
             .str("time")
             .str("t");
-        let e = decode(&Bytes::from(w.into_bytes())).unwrap_err();
+        let f = w.into_bytes();
+        assert_eq!(
+            peek(&f),
+            Ok(Peek::Repo {
+                seq: Some(1),
+                did: Some("did:plc:x")
+            }),
+            "the body is left to decode"
+        );
+        let e = decode(&Bytes::from(f)).unwrap_err();
         assert!(!e.is_fatal(), "{e}");
+        // A #commit whose `repo` is not text: peek reports no DID (a schema error, not fatal).
+        let mut w = Writer::from_vec(header_bytes("#commit"));
+        w.map(2).str("seq").i64(7).str("repo").i64(1);
+        assert_eq!(
+            peek(&w.into_bytes()),
+            Ok(Peek::Repo {
+                seq: Some(7),
+                did: None
+            })
+        );
         // Unknown type: reported, not an error.
         let mut w = Writer::from_vec(header_bytes("#tombstone"));
         w.map(0);

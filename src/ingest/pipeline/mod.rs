@@ -30,6 +30,7 @@ use crate::proto::verify::RepoState;
 use crate::proto::verify::{Chain, Options, verify_commit, verify_sync};
 use crate::stream::sequencer::{Outgoing, Sequencer};
 use crate::util::Hidden;
+use bytes::Bytes;
 use recovery::{Recovered, seen_key};
 use std::sync::{Arc, Mutex, PoisonError};
 use store_wait::StoreWait;
@@ -224,48 +225,63 @@ impl Pipeline {
         self.resolver.pending() == 0 && self.gate.dids_held() == 0 && self.validators.busy() == 0
     }
 
-    /// Entry point for host threads: the event goes to its DID's validation thread.
-    pub fn submit(&self, host: &Arc<HostHandle>, seq: u64, event: Event) {
-        let Some(did) = event.did().map(str::to_owned) else {
-            // Nothing to process, but the cursor moves past it.
-            host.begin(seq, 0);
-            host.end(seq);
-            return;
-        };
-        if !host.begin(seq, crate::util::did_hash(&did)) {
+    /// Entry point for host threads: the frame (a repo event of `did`, checked by
+    /// `frame::peek`) goes to its DID's validation thread, which decodes it.
+    pub fn submit(&self, host: &Arc<HostHandle>, seq: u64, did: &str, frame: &Bytes) {
+        let hash = crate::util::did_hash(did);
+        if !host.begin(seq, hash) {
             metrics::counter!("rlay_events_ignored_total", "reason" => "replayed_in_flight")
                 .increment(1);
             return;
         }
-        if !is_valid_did(&did) || !is_normalized_did(&did) {
+        if !is_valid_did(did) || !is_normalized_did(did) {
             count_dropped(host, "bad_did");
             host.end(seq);
             return;
         }
+        if !self.wait_for_room(host, did) {
+            // The connection is going away: resume later from before this event.
+            host.rewind_cursor();
+            return;
+        }
+        self.validators.send(hash, host.clone(), seq, frame.clone());
+    }
+
+    /// On a validation thread: a frame a host thread passed on. A body that does not match
+    /// its lexicon costs that frame.
+    pub(super) fn accept(&self, host: Arc<HostHandle>, seq: u64, frame: &Bytes) {
+        let event = match crate::proto::frame::decode(frame) {
+            Ok(e) => e,
+            Err(e) => {
+                metrics::counter!("rlay_bad_frames_total", "reason" => "schema").increment(1);
+                log::debug!("upstream {}: dropping a frame: {e}", host.hostname());
+                host.end(seq);
+                return;
+            }
+        };
+        let Some(did) = event.did().map(str::to_owned) else {
+            host.end(seq);
+            return;
+        };
         // Identity and status changes are rare and decide who is authoritative for the account,
         // so they always get a fresh DID document: a stale cache would, for example, accept a
         // deactivation from the account's old host during a migration.
         if matches!(event, Event::Identity(_) | Event::Account(_)) {
             self.resolver.purge(&did);
         }
-        if !self.wait_for_room(host, &did) {
-            // The connection is going away: resume later from before this event.
-            host.rewind_cursor();
-            return;
-        }
         let item = Pending {
-            host: host.clone(),
+            host,
             seq,
             event,
             attempt: 0,
         };
-        self.validators.send(did, item);
+        self.dispatch(item, &did);
     }
 
     /// On a validation thread: processes the event now (identity cached) or holds it in the
     /// gate. Never waits: a full DID queue or host share was already waited out by the host
-    /// thread in `submit`, so holding here passes the bound by at most what the host had queued.
-    pub(super) fn dispatch(&self, item: Pending, did: &str) {
+    /// thread in `submit`.
+    fn dispatch(&self, item: Pending, did: &str) {
         match self.gate.join(did, &item.host) {
             // Behind earlier events of the DID that wait for its identity.
             Join::Behind => self.gate.hold(did, item, true, false),
