@@ -6,7 +6,7 @@ use super::fault::FaultKind;
 use crate::proto::cbor::Reader;
 use crate::proto::frame::{self, Event};
 use bytes::Bytes;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +42,9 @@ pub struct Host {
     /// Down: every request is cut off unanswered and subscribers are disconnected.
     down: AtomicBool,
     pub(crate) subscribers: AtomicU64,
+    /// When each frame (by seq) was first written to a subscriber's socket, while recorded:
+    /// the simulator's own share of a latency measurement ends there.
+    wire_times: Mutex<Option<HashMap<u64, Instant>>>,
 }
 
 impl Host {
@@ -66,6 +69,37 @@ impl Host {
             shutdown: AtomicBool::new(false),
             down: AtomicBool::new(false),
             subscribers: AtomicU64::new(0),
+            wire_times: Mutex::new(None),
+        }
+    }
+
+    /// Starts recording when frames reach a subscriber's socket (latency benchmarks).
+    pub(crate) fn record_wire_times(&self) {
+        *self
+            .wire_times
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(HashMap::new());
+    }
+
+    /// When the frame with this seq was first written to a subscriber; forgets it.
+    pub(crate) fn take_wire_time(&self, seq: u64) -> Option<Instant> {
+        self.wire_times
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+            .and_then(|m| m.remove(&seq))
+    }
+
+    fn note_written(&self, seqs: &[u64]) {
+        let mut w = self
+            .wire_times
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = w.as_mut() {
+            let now = Instant::now();
+            for s in seqs {
+                m.entry(*s).or_insert(now);
+            }
         }
     }
 
@@ -182,7 +216,7 @@ impl Host {
         let conn_fault = self.fault().filter(|(k, _)| k.is_connection_level());
         let mut last_ping = Instant::now();
         loop {
-            let batch: Vec<Bytes> = {
+            let batch: Vec<(u64, Bytes)> = {
                 let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
                 loop {
                     if log.generation != generation
@@ -209,13 +243,8 @@ impl Host {
                     }
                 }
                 let start = (*pos - log.base) as usize;
-                let v: Vec<Bytes> = log
-                    .frames
-                    .iter()
-                    .skip(start)
-                    .take(256)
-                    .map(|(_, b)| b.clone())
-                    .collect();
+                let v: Vec<(u64, Bytes)> =
+                    log.frames.iter().skip(start).take(256).cloned().collect();
                 *pos += v.len() as u64;
                 v
             };
@@ -226,7 +255,9 @@ impl Host {
                     return;
                 }
             }
-            loop {
+            // Only when the client sent something: a read with nothing there would wait out
+            // the read timeout in front of every batch.
+            while crate::util::net::has_input(ws.get_ref()) {
                 match ws.read() {
                     Ok(Message::Close(_)) => return,
                     Ok(_) => {}
@@ -236,7 +267,8 @@ impl Host {
                     Err(_) => return,
                 }
             }
-            for f in batch {
+            let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
+            for (_, f) in batch {
                 sent += 1;
                 if let Some((kind, every)) = conn_fault
                     && sent == every.max(1)
@@ -251,6 +283,7 @@ impl Host {
             if ws.flush().is_err() {
                 return;
             }
+            self.note_written(&seqs);
         }
     }
 

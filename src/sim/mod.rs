@@ -87,6 +87,14 @@ impl SimAccount {
     }
 }
 
+/// When a recorded event was emitted, and when its host first wrote its frame to a subscriber
+/// (`None` if no subscriber got it, or it went out on replay before recording began).
+#[derive(Debug, Clone, Copy)]
+pub struct EmitTimes {
+    pub emitted: Instant,
+    pub written: Option<Instant>,
+}
+
 /// One valid event a host emitted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LedgerEntry {
@@ -155,7 +163,8 @@ pub struct World {
     by_did: RwLock<HashMap<String, usize>>,
     ledger: Mutex<Vec<LedgerEntry>>,
     /// When each valid event was emitted (benchmarks measuring latency switch it on).
-    pub(crate) emit_clock: Mutex<Option<HashMap<String, Instant>>>,
+    /// Ledger key → (emitted at, host, host seq), while recording.
+    pub(crate) emit_clock: Mutex<Option<HashMap<String, (Instant, usize, u64)>>>,
     clock_us: AtomicI64,
     next_account: AtomicU64,
     seed: u64,
@@ -203,8 +212,12 @@ impl World {
         &self.hosts
     }
 
-    /// Starts recording when each valid event is emitted (latency benchmarks).
+    /// Starts recording when each valid event is emitted, and when its frame reaches a
+    /// subscriber's socket (latency benchmarks).
     pub fn record_emit_times(&self) {
+        for h in &self.hosts {
+            h.record_wire_times();
+        }
         *self
             .emit_clock
             .lock()
@@ -213,11 +226,20 @@ impl World {
 
     /// When the valid event with this ledger key was emitted (once recording is on); forgets it.
     pub fn take_emit_time(&self, key: &str) -> Option<Instant> {
-        self.emit_clock
+        self.take_emit_times(key).map(|t| t.emitted)
+    }
+
+    /// When the valid event with this ledger key was emitted and when its host first wrote it
+    /// to a subscriber (once recording is on); forgets both.
+    pub fn take_emit_times(&self, key: &str) -> Option<EmitTimes> {
+        let (emitted, host, seq) = self
+            .emit_clock
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_mut()
-            .and_then(|m| m.remove(key))
+            .and_then(|m| m.remove(key))?;
+        let written = self.hosts.get(host).and_then(|h| h.take_wire_time(seq));
+        Some(EmitTimes { emitted, written })
     }
 
     /// A unique, increasing `time` value (microsecond precision).
@@ -282,26 +304,30 @@ impl World {
         match p {
             Planned::Valid(h, e) => {
                 // Record before publishing so a fast reader never sees an event the ledger lacks.
-                if let Some((did, kind, key)) = LedgerEntry::key_of(&e) {
-                    if let Some(clock) = self
-                        .emit_clock
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .as_mut()
-                    {
-                        clock.insert(key.clone(), Instant::now());
-                    }
-                    self.ledger
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(LedgerEntry {
-                            host: h,
-                            did,
-                            kind,
-                            key,
-                        });
+                let Some((did, kind, key)) = LedgerEntry::key_of(&e) else {
+                    self.hosts[h].publish(e);
+                    return;
+                };
+                let at = Instant::now();
+                self.ledger
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(LedgerEntry {
+                        host: h,
+                        did,
+                        kind,
+                        key: key.clone(),
+                    });
+                // The clock entry holds the lock across the publish, so a fast reader that
+                // takes it finds the host seq.
+                let mut clock = self
+                    .emit_clock
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let seq = self.hosts[h].publish(e);
+                if let Some(c) = clock.as_mut() {
+                    c.insert(key, (at, h, seq));
                 }
-                self.hosts[h].publish(e);
             }
             Planned::Defect(h, e) => {
                 self.hosts[h].publish(e);

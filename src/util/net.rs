@@ -50,6 +50,20 @@ pub fn ws_timed_out(e: &tungstenite::Error) -> bool {
     matches!(e, tungstenite::Error::Io(io) if timed_out(io))
 }
 
+/// Whether bytes (or the peer's close, or an error) wait on the socket, without waiting: a
+/// writer that also serves its peer's pings reads only then, instead of a read that sits out
+/// its timeout in front of every write.
+pub fn has_input(s: &TcpStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    !matches!(
+        recv(s.as_raw_fd(), &mut b, flags),
+        Err(nix::errno::Errno::EAGAIN)
+    )
+}
+
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v) => v4_public(v),
