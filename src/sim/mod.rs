@@ -155,6 +155,9 @@ impl Default for SimConfig {
     }
 }
 
+/// A valid event's emission: when, and its (host, host seq), by ledger key.
+pub(crate) type Emitted = (Instant, usize, u64);
+
 pub struct World {
     pub(crate) plc: Arc<Plc>,
     pub(crate) plc_url: String,
@@ -162,9 +165,9 @@ pub struct World {
     accounts: RwLock<Vec<Arc<Mutex<SimAccount>>>>,
     by_did: RwLock<HashMap<String, usize>>,
     ledger: Mutex<Vec<LedgerEntry>>,
-    /// When each valid event was emitted (benchmarks measuring latency switch it on).
-    /// Ledger key → (emitted at, host, host seq), while recording.
-    pub(crate) emit_clock: Mutex<Option<HashMap<String, (Instant, usize, u64)>>>,
+    /// When each valid event was emitted (benchmarks measuring latency switch it on), while
+    /// recording.
+    pub(crate) emit_clock: Mutex<Option<HashMap<String, Emitted>>>,
     clock_us: AtomicI64,
     next_account: AtomicU64,
     seed: u64,

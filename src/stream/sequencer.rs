@@ -7,10 +7,10 @@
 //! could lose or renumber.
 //!
 //! fsync policy: frames reach the OS (write(2)) before they are broadcast, which survives a
-//! process crash; `fdatasync` runs every 200 ms while there are writes (on the `log-sync`
-//! thread, so the sequencer never waits for the disk on the live path), on every
-//! `Barrier` (the store flusher sends one before committing account state, so stored state
-//! never gets ahead of the durable log), at segment roll and at shutdown.
+//! process crash; `fdatasync` runs every 200 ms while there are writes and on every `Barrier`
+//! (the store flusher sends one before committing account state, so stored state never gets
+//! ahead of the durable log), both on the `log-sync` thread so the sequencer never waits for
+//! the disk on the live path; and at segment roll and at shutdown.
 
 use super::eventlog::{EventLog, KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, KIND_SYNC, LogFrame};
 use super::ring::Ring;
@@ -116,14 +116,15 @@ pub fn spawn(
     }
     ring.set_initial_head(next - 1);
     let weak = Arc::downgrade(&log);
+    let (sync_tx, sync_rx) = crossbeam_channel::unbounded();
     std::thread::Builder::new()
         .name("log-sync".into())
         .stack_size(256 << 10)
-        .spawn(move || sync_every(weak))?;
+        .spawn(move || sync_thread(weak, sync_rx))?;
     let h = std::thread::Builder::new()
         .name("sequencer".into())
         .stack_size(2 << 20)
-        .spawn(move || run(rx, log, ring, next, last_time_us))?;
+        .spawn(move || run(rx, log, ring, next, last_time_us, sync_tx))?;
     Ok((Sequencer { tx }, h))
 }
 
@@ -152,6 +153,7 @@ fn run(
     ring: Arc<Ring>,
     mut next: u64,
     mut last_time_us: i64,
+    sync_tx: Sender<Synced>,
 ) {
     let mut reserved = next - 1;
     metrics::gauge!("disk_persister_current_seq").set((next - 1) as f64);
@@ -197,11 +199,17 @@ fn run(
             metrics::counter!("rlay_events_sequenced_total").increment(arcs.len() as u64);
             metrics::gauge!("disk_persister_current_seq").set((next - 1) as f64);
         }
-        if !barriers.is_empty() {
-            sync(&log);
-        }
+        // The log-sync thread answers barriers once the disk has everything appended so far;
+        // the sequencer goes on meanwhile (waiting here stalled the live stream for a whole
+        // fdatasync every second: the flusher's barrier).
         for b in barriers {
-            let _ = b.send(next - 1);
+            if let Err(e) = sync_tx.send(Synced {
+                reply: b,
+                seq: next - 1,
+            }) {
+                sync(&log);
+                let _ = e.0.reply.send(e.0.seq);
+            }
         }
     }
     sync(&log);
@@ -213,12 +221,32 @@ fn run(
     }
 }
 
-/// The periodic fdatasync, until the log is dropped. A failure is logged when it starts and
-/// when it ends (appends report the disk's state to health on their own).
-fn sync_every(log: std::sync::Weak<EventLog>) {
+/// A barrier waiting for the disk: `seq` and everything before it are appended, and `reply`
+/// gets `seq` once they are synced.
+struct Synced {
+    reply: Sender<u64>,
+    seq: u64,
+}
+
+/// The fdatasyncs: every [`SYNC_EVERY`] while there are writes, and as soon as a barrier
+/// arrives (one sync answers every barrier queued before it started), until the log is dropped.
+/// A failure is logged when it starts and when it ends (appends report the disk's state to
+/// health on their own).
+fn sync_thread(log: std::sync::Weak<EventLog>, barriers: Receiver<Synced>) {
     let mut outage = crate::util::Outage::default();
+    let mut due = std::time::Instant::now() + SYNC_EVERY;
     loop {
-        std::thread::sleep(SYNC_EVERY);
+        let mut waiting = Vec::new();
+        match barriers.recv_deadline(due) {
+            Ok(b) => {
+                waiting.push(b);
+                waiting.extend(barriers.try_iter());
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                due = std::time::Instant::now() + SYNC_EVERY;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        }
         let Some(log) = log.upgrade() else {
             return;
         };
@@ -239,6 +267,9 @@ fn sync_every(log: std::sync::Weak<EventLog>) {
                     );
                 }
             }
+        }
+        for b in waiting {
+            let _ = b.reply.send(b.seq);
         }
     }
 }

@@ -155,7 +155,9 @@ fn events_are_the_verified_ops_as_json_filtered_and_compressed() {
     // Relay order keeps each DID's order; two DIDs may interleave (they verify in parallel).
     let of = |did: &str| -> Vec<&Json> { got.iter().filter(|e| e["did"] == json!(did)).collect() };
     let kinds = |evs: &[&Json]| -> Vec<String> {
-        evs.iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect()
+        evs.iter()
+            .map(|e| e["kind"].as_str().unwrap().to_string())
+            .collect()
     };
     let (first, second) = (of(&dids[0]), of(&dids[1]));
     assert_eq!(kinds(&first), ["commit", "commit"], "{got:?}");

@@ -264,3 +264,128 @@ fn old_uncompressed_millisecond_segments_upgrade_in_place() {
         Some(2)
     );
 }
+
+/// A frame of about 4 KiB, half text and half noise (compressing 64 MiB of these takes long
+/// enough to be caught in the middle).
+fn big_frame(seq: u64, time_us: i64) -> LogFrame {
+    let mut blocks = format!("app.bsky.feed.post record {seq} with some words ")
+        .repeat(40)
+        .into_bytes();
+    let mut x = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for _ in 0..2048 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        blocks.push(x as u8);
+    }
+    let event = Event::Sync(SyncEvent {
+        seq: seq as i64,
+        did: format!("did:plc:sigkill{:017}", seq % 101),
+        blocks: Bytes::from(blocks),
+        rev: "3l2222222222a".into(),
+        time: "2026-12-01T00:00:00.000Z".into(),
+    });
+    LogFrame {
+        seq,
+        time_us: time_us + seq as i64,
+        did_hash: seq % 101,
+        kind: KIND_SYNC,
+        bytes: Bytes::from(frame::encode(&event)),
+    }
+}
+
+/// `rlay serve` on `data`, not waiting for it to listen: its log upkeep starts compressing
+/// as soon as the log is open.
+fn serve(data: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rlay"))
+        .arg("serve")
+        .arg(format!("--data-dir={}", data.display()))
+        .arg(format!(
+            "--api-listen=127.0.0.1:{}",
+            crate::common::relay::free_port()
+        ))
+        .arg("--metrics-listen=")
+        .arg(format!(
+            "--admin-password={}",
+            crate::common::relay::ADMIN_PW
+        ))
+        .arg("--bootstrap-host=")
+        .env("RELAY_LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start rlay serve")
+}
+
+/// Polls (every millisecond, for at most 30 s) until `ready` holds for the log directory.
+fn wait_for(dir: &Path, what: &str, ready: impl Fn(usize, usize, usize) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (raw, z, tmp) = (
+            files(dir, ".log").len(),
+            files(dir, ".zlog").len(),
+            files(dir, ".tmp").len(),
+        );
+        if ready(raw, z, tmp) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {raw} raw, {z} compressed, {tmp} partial"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn sigkill_mid_compression_loses_nothing_and_the_next_start_finishes_the_job() {
+    let data = tempfile::tempdir().expect("dir");
+    let dir = data.path().join("events");
+    let now_us = rlay::util::now_ms() * 1000;
+    let frames: Vec<LogFrame> = (1..=16_000).map(|s| big_frame(s, now_us)).collect();
+    {
+        let (log, _) = EventLog::open_with(&dir, 8 << 20, Duration::from_secs(3600)).expect("open");
+        for batch in frames.chunks(50) {
+            log.append(batch).expect("append");
+        }
+        log.sync().expect("sync");
+    }
+    let sealed = files(&dir, ".log").len() - 1;
+    assert!(sealed >= 6, "several sealed segments: {sealed}");
+
+    // Killed while writing the first compressed file, then while writing a later one.
+    let mut relay = serve(data.path());
+    wait_for(&dir, "a first compression starts", |_, z, tmp| {
+        z == 0 && tmp == 1
+    });
+    relay.kill().expect("SIGKILL");
+    let _ = relay.wait();
+    assert_eq!(
+        files(&dir, ".zlog").len(),
+        0,
+        "killed before the first rename"
+    );
+    let mut relay = serve(data.path());
+    wait_for(&dir, "a later compression starts", |_, z, tmp| {
+        z >= 2 && tmp == 1
+    });
+    relay.kill().expect("SIGKILL");
+    let _ = relay.wait();
+    assert!(
+        files(&dir, ".zlog").len() < sealed,
+        "killed before the last compression"
+    );
+
+    // The next start cleans up and finishes: every sealed segment compressed, none partial.
+    let mut relay = serve(data.path());
+    wait_for(&dir, "compression finishes", |raw, z, tmp| {
+        raw == 1 && z == sealed && tmp == 0
+    });
+    relay.kill().expect("SIGKILL");
+    let _ = relay.wait();
+
+    let (log, _) = EventLog::open_with(&dir, 8 << 20, Duration::from_secs(3600)).expect("reopen");
+    let back = read_all(&log, 0);
+    assert_eq!(back.len(), frames.len(), "every record is still there");
+    assert!(back == frames, "byte for byte, in order");
+}
