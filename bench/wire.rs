@@ -13,20 +13,37 @@ pub fn subscribe(addr: &str) -> BufReader<TcpStream> {
 
 /// Like [`subscribe`], replaying from `cursor` when given.
 pub fn subscribe_from(addr: &str, cursor: Option<u64>) -> BufReader<TcpStream> {
-    let mut s = TcpStream::connect(addr.replace("localhost", "127.0.0.1")).expect("connect");
+    // A burst of connections beyond the relay's bound on connections still in their request
+    // (512) is refused or reset, by design; clients retry, so these do too.
+    for _ in 0..100 {
+        match try_subscribe(addr, cursor) {
+            Ok(r) => return r,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+    panic!("cannot subscribe to {addr} after 100 tries");
+}
+
+fn try_subscribe(addr: &str, cursor: Option<u64>) -> io::Result<BufReader<TcpStream>> {
+    let mut s = TcpStream::connect(addr.replace("localhost", "127.0.0.1"))?;
     let query = cursor.map_or(String::new(), |c| format!("?cursor={c}"));
     write!(
         s,
         "GET /xrpc/com.atproto.sync.subscribeRepos{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .expect("handshake");
+    )?;
     let mut r = BufReader::with_capacity(1 << 20, s);
     let mut line = String::new();
+    r.read_line(&mut line)?;
+    if !line.starts_with("HTTP/1.1 101") {
+        return Err(io::Error::other(format!("upgrade refused: {line}")));
+    }
     loop {
         line.clear();
-        r.read_line(&mut line).expect("response");
+        if r.read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
         if line == "\r\n" {
-            return r;
+            return Ok(r);
         }
     }
 }
