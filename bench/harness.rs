@@ -206,6 +206,9 @@ pub struct Throughput {
     pub events: u64,
     pub secs: f64,
     pub cpu_us_per_event: f64,
+    /// Of that, what the relay's Jetstream consumer threads used (they also encode each event
+    /// once, for all of them).
+    pub jetstream_cpu_us_per_event: f64,
 }
 
 /// The relay bench's throughput run: 40 hosts × 5 k256 accounts, the realistic mix signed ahead
@@ -233,6 +236,7 @@ pub fn throughput(jetstream: &[&str], firehose: usize) -> Throughput {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let cpu0 = crate::procstat::cpu_seconds(Some(relay.0.id()));
+    let js0 = crate::procstat::process_threads_cpu_seconds(Some(relay.0.id()), "jetstream");
     let t0 = Instant::now();
     for p in planned {
         sim.world().emit(p);
@@ -249,6 +253,7 @@ pub fn throughput(jetstream: &[&str], firehose: usize) -> Throughput {
         last = now;
     }
     let cpu = crate::procstat::cpu_seconds(Some(relay.0.id())) - cpu0;
+    let js = crate::procstat::process_threads_cpu_seconds(Some(relay.0.id()), "jetstream") - js0;
     stop.store(true, Ordering::Relaxed);
     let _ = c.join();
     for h in more {
@@ -266,6 +271,7 @@ pub fn throughput(jetstream: &[&str], firehose: usize) -> Throughput {
         events: n,
         secs,
         cpu_us_per_event: cpu * 1e6 / n as f64,
+        jetstream_cpu_us_per_event: js * 1e6 / n as f64,
     }
 }
 

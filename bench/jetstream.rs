@@ -14,10 +14,13 @@
 //!
 //! Part `relay`: the relay bench's throughput run (`cargo bench --bench relay`) without and with
 //! 10 Jetstream consumers attached (mixed: 3 compressed, 6 filtered), alternated and averaged
-//! over two runs each, plus one run with 10 plain (unfiltered, uncompressed) consumers and, as a
-//! yardstick, one with 10 more firehose consumers instead. Prints
+//! over three runs each, plus one run with 10 plain (unfiltered, uncompressed) consumers and, as
+//! a yardstick, one with 10 more firehose consumers instead. Prints
 //! `relay_cpu_us_per_event_without_jetstream`, `relay_cpu_us_per_event_with_jetstream`,
-//! `jetstream_cpu_overhead_pct` and the same for the plain consumers.
+//! `jetstream_cpu_overhead_pct` and the same for the plain consumers (A/B between runs: drift in
+//! the machine's speed shows in the yardstick), and `jetstream_threads_cpu_pct`: the CPU of the
+//! relay's Jetstream consumer threads (which also encode each event once) over the rest of the
+//! relay's, in the same runs.
 //!
 //! `--part NAME` runs one part.
 
@@ -451,6 +454,8 @@ fn relay_part() {
         ("firehose", harness::throughput(&[], 10)),
         ("without", harness::throughput(&[], 0)),
         ("mixed", harness::throughput(&mixed, 0)),
+        ("without", harness::throughput(&[], 0)),
+        ("mixed", harness::throughput(&mixed, 0)),
     ];
     let mean = |name: &str, f: &dyn Fn(&Throughput) -> f64| {
         let v: Vec<f64> = runs
@@ -485,6 +490,20 @@ fn relay_part() {
     println!(
         "jetstream_plain_cpu_overhead_pct: {:.1} %",
         (plain_cpu / without - 1.0) * 100.0
+    );
+    // The direct measure, free of run-to-run drift: what the Jetstream consumer threads
+    // themselves used (encoding once, filtering, compressing, writing), against the rest of the
+    // relay in the same runs.
+    let own = |name: &str| {
+        let share = |t: &Throughput| {
+            t.jetstream_cpu_us_per_event / (t.cpu_us_per_event - t.jetstream_cpu_us_per_event)
+        };
+        mean(name, &share) * 100.0
+    };
+    println!(
+        "jetstream_threads_cpu_pct: {:.1} % (mixed), {:.1} % (plain)",
+        own("mixed"),
+        own("plain")
     );
     // The yardstick: 10 more firehose consumers instead.
     let fh = mean("firehose", &cpu);

@@ -11,7 +11,14 @@ pub fn cpu_seconds(pid: Option<u32>) -> f64 {
 /// CPU seconds of this process's threads whose name starts with `prefix` (a test can measure
 /// its own threads while other tests run in the same process).
 pub fn threads_cpu_seconds(prefix: &str) -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+    process_threads_cpu_seconds(None, prefix)
+}
+
+/// CPU seconds of the threads of `pid` (`None`: this process) whose name starts with `prefix`,
+/// counting those alive now.
+pub fn process_threads_cpu_seconds(pid: Option<u32>, prefix: &str) -> f64 {
+    let dir = pid.map_or("/proc/self/task".to_owned(), |p| format!("/proc/{p}/task"));
+    let Ok(tasks) = std::fs::read_dir(dir) else {
         return 0.0;
     };
     tasks

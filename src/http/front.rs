@@ -259,7 +259,10 @@ impl Front {
         if head.path() == "/xrpc/com.atproto.sync.subscribeRepos" {
             held.head_read();
             match held.into_consumer(&self.limits) {
-                Ok(consumer) => self.firehose(stream, peer, &head, consumer),
+                Ok(consumer) => {
+                    name_thread(c"firehose");
+                    self.firehose(stream, peer, &head, consumer)
+                }
                 Err(why) => refuse(&mut stream, why),
             }
         } else if head.path() == "/subscribe"
@@ -267,7 +270,10 @@ impl Front {
         {
             held.head_read();
             match held.into_consumer(&self.limits) {
-                Ok(consumer) => self.jetstream(&j, stream, peer, &head, consumer),
+                Ok(consumer) => {
+                    name_thread(c"jetstream");
+                    self.jetstream(&j, stream, peer, &head, consumer)
+                }
                 Err(why) => refuse(&mut stream, why),
             }
         } else if let Err(e) = self.forward(&mut stream, peer, &head, &buf, deadline, &mut held) {
@@ -445,5 +451,13 @@ impl Front {
         self.peers.remove(local_port);
         let _ = client.shutdown(Shutdown::Both);
         result
+    }
+}
+
+/// Renames the calling thread (what `top -H` and `/proc/<pid>/task/*/comm` show), so an
+/// operator can tell consumers from request threads and see what each kind costs.
+fn name_thread(name: &std::ffi::CStr) {
+    if let Err(e) = nix::sys::prctl::set_name(name) {
+        log::debug!("api: cannot rename a consumer thread: {e}");
     }
 }
