@@ -150,6 +150,14 @@ pub fn arg_secs(default: f64) -> f64 {
 
 /// The throughput set-up: `hosts` × 5 k256 accounts of 20 records each, crawled by a relay.
 pub fn k256_network(hosts: usize) -> (rlay::sim::Sim, tempfile::TempDir, u16, RelayProcess) {
+    k256_network_with(hosts, &[])
+}
+
+/// [`k256_network`] with `extra` relay flags.
+pub fn k256_network_with(
+    hosts: usize,
+    extra: &[&str],
+) -> (rlay::sim::Sim, tempfile::TempDir, u16, RelayProcess) {
     let sim = rlay::sim::Sim::start(&rlay::sim::SimConfig {
         hosts,
         accounts_per_host: 5,
@@ -160,7 +168,12 @@ pub fn k256_network(hosts: usize) -> (rlay::sim::Sim, tempfile::TempDir, u16, Re
     .expect("sim");
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
-    let relay = RelayProcess(spawn_relay(dir.path(), port, sim.world().plc_url()));
+    let relay = RelayProcess(spawn_relay_with(
+        dir.path(),
+        port,
+        sim.world().plc_url(),
+        extra,
+    ));
     crawl(port, &sim.hostnames());
     wait_connected(port, hosts);
     (sim, dir, port, relay)
@@ -215,9 +228,10 @@ pub struct Throughput {
 /// and released at once, read by one firehose consumer and by one Jetstream consumer per entry of
 /// `jetstream` (its query string). The clock stops once the firehose consumer has every event and
 /// the Jetstream consumers have gone quiet; the CPU is the relay process's alone. `firehose`
-/// more firehose consumers read along (a yardstick for what a consumer costs).
-pub fn throughput(jetstream: &[&str], firehose: usize) -> Throughput {
-    let (sim, _dir, port, relay) = k256_network(40);
+/// more firehose consumers read along (a yardstick for what a consumer costs). `relay_flags`
+/// go to `rlay serve`.
+pub fn throughput(jetstream: &[&str], firehose: usize, relay_flags: &[&str]) -> Throughput {
+    let (sim, _dir, port, relay) = k256_network_with(40, relay_flags);
     let mut rng = rlay::sim::traffic::Rng::new(5);
     let planned = plan(&sim, &mut rng, 120_000);
     let n = valid(&planned) as u64;

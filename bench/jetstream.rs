@@ -14,7 +14,8 @@
 //!
 //! Part `relay`: the relay bench's throughput run (`cargo bench --bench relay`) without and with
 //! 10 Jetstream consumers attached (mixed: 3 compressed, 6 filtered), alternated and averaged
-//! over three runs each, plus one run with 10 plain (unfiltered, uncompressed) consumers and, as
+//! over three runs each (log compression off: it is not Jetstream's, and when its upkeep runs
+//! fall inside a run is luck), plus one run with 10 plain (unfiltered, uncompressed) consumers and, as
 //! a yardstick, one with 10 more firehose consumers instead. Prints
 //! `relay_cpu_us_per_event_without_jetstream`, `relay_cpu_us_per_event_with_jetstream`,
 //! `jetstream_cpu_overhead_pct` and the same for the plain consumers (A/B between runs: drift in
@@ -446,16 +447,19 @@ fn relay_part() {
         "?wantedCollections=app.bsky.actor.profile",
     ];
     let plain = [""; 10];
-    // Alternated, so drift in the machine's speed falls on both sides.
+    // Alternated, so drift in the machine's speed falls on both sides. Log compression is off
+    // in these runs: its ~1.5 s of CPU per run for ~440 MB of frames falls inside or outside a
+    // run's window by the luck of the 10 s upkeep timer, which swung the A/B by ±10 points.
+    let nz = ["--compress-log=false"];
     let runs: Vec<(&str, Throughput)> = vec![
-        ("without", harness::throughput(&[], 0)),
-        ("mixed", harness::throughput(&mixed, 0)),
-        ("plain", harness::throughput(&plain, 0)),
-        ("firehose", harness::throughput(&[], 10)),
-        ("without", harness::throughput(&[], 0)),
-        ("mixed", harness::throughput(&mixed, 0)),
-        ("without", harness::throughput(&[], 0)),
-        ("mixed", harness::throughput(&mixed, 0)),
+        ("without", harness::throughput(&[], 0, &nz)),
+        ("mixed", harness::throughput(&mixed, 0, &nz)),
+        ("plain", harness::throughput(&plain, 0, &nz)),
+        ("firehose", harness::throughput(&[], 10, &nz)),
+        ("without", harness::throughput(&[], 0, &nz)),
+        ("mixed", harness::throughput(&mixed, 0, &nz)),
+        ("without", harness::throughput(&[], 0, &nz)),
+        ("mixed", harness::throughput(&mixed, 0, &nz)),
     ];
     let mean = |name: &str, f: &dyn Fn(&Throughput) -> f64| {
         let v: Vec<f64> = runs

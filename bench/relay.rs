@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn throughput() {
-    let t = harness::throughput(&[], 0);
+    let t = harness::throughput(&[], 0, &[]);
     println!("relay_events_verified: {}", t.events);
     println!("relay_events_per_sec: {:.0}", t.events as f64 / t.secs);
     println!("relay_cpu_us_per_event: {:.1}", t.cpu_us_per_event);
