@@ -223,9 +223,8 @@ impl Jetstream {
                 }
                 Err(e) => return Err(format!("write failed: {e}")),
             }
-            // The client's messages are read every 50 ms, not on every wake-up: three syscalls
-            // per look are not worth making per batch.
-            if last_read.elapsed() >= Duration::from_millis(50) {
+            // Three syscalls per look are not worth making per batch.
+            if last_read.elapsed() >= crate::stream::CLIENT_READ_EVERY {
                 s.read_client(ws)?;
                 last_read = Instant::now();
             }

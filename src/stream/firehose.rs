@@ -22,9 +22,6 @@ use std::time::{Duration, Instant};
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
-/// How often a streaming consumer looks at what its client sent (pings, a close).
-const READ_EVERY: Duration = Duration::from_millis(50);
-
 /// Where a new consumer starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -318,8 +315,7 @@ impl Hub {
                 last_progress = Instant::now();
             }
             // Service the client: pings get pongs, a close ends us, anything else is ignored.
-            // Not on every wake-up: at 1,000 consumers that read is a syscall per delivery.
-            if last_read.elapsed() >= READ_EVERY || pending {
+            if last_read.elapsed() >= super::CLIENT_READ_EVERY || pending {
                 last_read = Instant::now();
                 if let Some(end) = Self::read_client(ws) {
                     return end;

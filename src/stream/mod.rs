@@ -21,6 +21,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// How often a streaming consumer (firehose or Jetstream) looks at what its client sent: pings,
+/// a close, an `options_update`. Not on every wake-up: with many consumers that read is a
+/// syscall per delivery.
+pub const CLIENT_READ_EVERY: Duration = Duration::from_millis(50);
+
 /// The default disk replay budget: one replaying consumer is still served at full speed on a
 /// small machine (200,000 events/s), ten share it and live delivery keeps a core.
 pub const DEFAULT_REPLAY_RATE: u64 = 200_000;

@@ -297,20 +297,8 @@ fn big_frame(seq: u64, time_us: i64) -> LogFrame {
 /// `rlay serve` on `data`, not waiting for it to listen: its log upkeep starts compressing
 /// as soon as the log is open.
 fn serve(data: &Path) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_rlay"))
-        .arg("serve")
-        .arg(format!("--data-dir={}", data.display()))
-        .arg(format!(
-            "--api-listen=127.0.0.1:{}",
-            crate::common::relay::free_port()
-        ))
-        .arg("--metrics-listen=")
-        .arg(format!(
-            "--admin-password={}",
-            crate::common::relay::ADMIN_PW
-        ))
-        .arg("--bootstrap-host=")
-        .env("RELAY_LOG_LEVEL", "warn")
+    use crate::common::relay::{free_port, serve_command};
+    serve_command(data, free_port(), &[])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

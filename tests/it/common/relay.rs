@@ -193,12 +193,11 @@ pub fn free_port() -> u16 {
     rlay::sim::admin::free_port().expect("a free loopback port")
 }
 
-/// `rlay serve` as its own process on `127.0.0.1:port` with the test defaults plus `extra`
-/// flags (`--name=value`); returns once it announces its address.
-pub fn spawn_serve(data: &std::path::Path, port: u16, extra: &[String]) -> std::process::Child {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rlay"))
-        .arg("serve")
+/// The `rlay serve` command line the tests run on `127.0.0.1:port`: the test defaults, then
+/// `extra` flags (`--name=value`).
+pub fn serve_command(data: &std::path::Path, port: u16, extra: &[String]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_rlay"));
+    c.arg("serve")
         .arg(format!("--data-dir={}", data.display()))
         .arg(format!("--api-listen=127.0.0.1:{port}"))
         .arg("--metrics-listen=")
@@ -208,7 +207,14 @@ pub fn spawn_serve(data: &std::path::Path, port: u16, extra: &[String]) -> std::
         .arg("--trusted-domains=localhost")
         .arg("--upstream-stall-timeout=3s")
         .args(extra)
-        .env("RELAY_LOG_LEVEL", "warn")
+        .env("RELAY_LOG_LEVEL", "warn");
+    c
+}
+
+/// `rlay serve` as its own process ([`serve_command`]); returns once it announces its address.
+pub fn spawn_serve(data: &std::path::Path, port: u16, extra: &[String]) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = serve_command(data, port, extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()
