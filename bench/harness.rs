@@ -319,3 +319,42 @@ pub fn jetstream_reader(
     });
     (count, h)
 }
+
+/// The bare k256 check (one signature over a 32-byte digest with a known key), in µs of CPU,
+/// timed on every core at once: the relay run keeps all cores busy, and on a VM with shared
+/// (hyper-threaded) cores a check costs more then than on one core of an idle machine.
+pub fn signature_only_us() -> f64 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let each: Vec<f64> = (0..cores)
+        .map(|_| std::thread::spawn(signature_only_us_one_core))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().expect("calibration thread"))
+        .collect();
+    each.iter().sum::<f64>() / each.len() as f64
+}
+
+fn signature_only_us_one_core() -> f64 {
+    use rlay::proto::crypto::{Curve, PrivateKey};
+    use sha2::Digest as _;
+    let key = PrivateKey::from_seed(Curve::K256, b"calibration");
+    let public = key.public();
+    let cases: Vec<([u8; 32], [u8; 64])> = (0..64u32)
+        .map(|i| {
+            let msg = format!("commit {i}");
+            let digest: [u8; 32] = sha2::Sha256::digest(msg.as_bytes()).into();
+            (digest, key.sign(msg.as_bytes()))
+        })
+        .collect();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        for (d, sig) in &cases {
+            public
+                .verify_digest(d, sig)
+                .expect("calibration signature verifies");
+            n += 1;
+        }
+    }
+    start.elapsed().as_secs_f64() * 1e6 / n as f64
+}
