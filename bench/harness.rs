@@ -250,7 +250,7 @@ pub fn throughput(jetstream: &[&str], firehose: usize, relay_flags: &[&str]) -> 
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let cpu0 = crate::procstat::cpu_seconds(Some(relay.0.id()));
-    let js0 = crate::procstat::process_threads_cpu_seconds(Some(relay.0.id()), "jetstream");
+    let js0 = crate::procstat::threads_cpu_seconds(Some(relay.0.id()), "jetstream");
     let t0 = Instant::now();
     for p in planned {
         sim.world().emit(p);
@@ -267,7 +267,7 @@ pub fn throughput(jetstream: &[&str], firehose: usize, relay_flags: &[&str]) -> 
         last = now;
     }
     let cpu = crate::procstat::cpu_seconds(Some(relay.0.id())) - cpu0;
-    let js = crate::procstat::process_threads_cpu_seconds(Some(relay.0.id()), "jetstream") - js0;
+    let js = crate::procstat::threads_cpu_seconds(Some(relay.0.id()), "jetstream") - js0;
     stop.store(true, Ordering::Relaxed);
     let _ = c.join();
     for h in more {

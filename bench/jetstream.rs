@@ -15,8 +15,8 @@
 //! Part `relay`: the relay bench's throughput run (`cargo bench --bench relay`) without and with
 //! 10 Jetstream consumers attached (mixed: 3 compressed, 6 filtered), alternated and averaged
 //! over three runs each (log compression off: it is not Jetstream's, and when its upkeep runs
-//! fall inside a run is luck), plus one run with 10 plain (unfiltered, uncompressed) consumers and, as
-//! a yardstick, one with 10 more firehose consumers instead. Prints
+//! fall inside a run is luck), plus one run with 10 plain (unfiltered, uncompressed) consumers
+//! and, as a yardstick, one with 10 more firehose consumers instead. Prints
 //! `relay_cpu_us_per_event_without_jetstream`, `relay_cpu_us_per_event_with_jetstream`,
 //! `jetstream_cpu_overhead_pct` and the same for the plain consumers (A/B between runs: drift in
 //! the machine's speed shows in the yardstick), and `jetstream_threads_cpu_pct`: the CPU of the

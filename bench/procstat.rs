@@ -8,26 +8,35 @@ pub fn cpu_seconds(pid: Option<u32>) -> f64 {
     stat_cpu_seconds(&path)
 }
 
-/// CPU seconds of this process's threads whose name starts with `prefix` (a test can measure
-/// its own threads while other tests run in the same process).
-pub fn threads_cpu_seconds(prefix: &str) -> f64 {
-    process_threads_cpu_seconds(None, prefix)
+/// CPU seconds of the threads of `pid` (`None`: this process) whose name starts with `prefix`,
+/// counting those alive now (a test can measure its own threads while other tests run in the
+/// same process).
+pub fn threads_cpu_seconds(pid: Option<u32>, prefix: &str) -> f64 {
+    threads(pid, prefix)
+        .iter()
+        .map(|t| stat_cpu_seconds(&t.join("stat").display().to_string()))
+        .sum()
 }
 
-/// CPU seconds of the threads of `pid` (`None`: this process) whose name starts with `prefix`,
-/// counting those alive now.
-pub fn process_threads_cpu_seconds(pid: Option<u32>, prefix: &str) -> f64 {
+/// How many threads of `pid` (`None`: this process) are named exactly `name`.
+pub fn threads_named(pid: Option<u32>, name: &str) -> usize {
+    threads(pid, name)
+        .iter()
+        .filter(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim_end() == name))
+        .count()
+}
+
+/// The `/proc` directories of `pid`'s threads whose name starts with `prefix`.
+fn threads(pid: Option<u32>, prefix: &str) -> Vec<std::path::PathBuf> {
     let dir = pid.map_or("/proc/self/task".to_owned(), |p| format!("/proc/{p}/task"));
     let Ok(tasks) = std::fs::read_dir(dir) else {
-        return 0.0;
+        return Vec::new();
     };
     tasks
         .flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
-        })
-        .map(|t| stat_cpu_seconds(&t.path().join("stat").display().to_string()))
-        .sum()
+        .map(|t| t.path())
+        .filter(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.starts_with(prefix)))
+        .collect()
 }
 
 fn stat_cpu_seconds(path: &str) -> f64 {

@@ -5,7 +5,8 @@
 //! realistic mix are signed ahead of time, then released at once; the clock runs until the
 //! consumer has received every one. Prints `relay_events_per_sec` and `relay_cpu_us_per_event`
 //! (the relay process's CPU only), plus `signature_only_us_same_run` (the bare k256 check with
-//! every core busy, timed just before and after) and `relay_cpu_per_signature` (the one over the other).
+//! every core busy, timed just before and after) and `relay_cpu_per_signature` (the one over
+//! the other).
 //!
 //! Part 2 (zlay's production shape): 2,750 hosts carrying 600 events/s in total for 60 s. Prints
 //! `rss_mib_2750_hosts` (the relay's resident memory at the end), `ring_mib` (the ring's share,
@@ -27,8 +28,8 @@ use std::time::{Duration, Instant};
 fn throughput() {
     // This machine's speed drifts severalfold between sessions (the bare k256 check has read
     // 52 to 177 µs), so the run carries its own yardstick: the signature check timed on every
-    // core at once just before and just after, and the relay's CPU per event as a multiple of it (the
-    // issue's 60 µs target over its 51.6 µs signature is 1.16x).
+    // core at once just before and just after, and the relay's CPU per event as a multiple of
+    // it (the 60 µs target over its 51.6 µs signature is 1.16x).
     let before = harness::signature_only_us();
     let t = harness::throughput(&[], 0, &[]);
     let sig = (before + harness::signature_only_us()) / 2.0;

@@ -204,13 +204,7 @@ fn options_update_replaces_the_filter_and_require_hello_waits_for_it() {
     let mut hello = connect(a, "?requireHello=true");
     wait_until(5, "consumers registered", || relay.consumer_count() == 2);
     // Operators tell consumer threads apart (`top -H`): each runs under the name "jetstream".
-    let named = std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "jetstream")
-        })
-        .count();
+    let named = crate::procstat::threads_named(None, "jetstream");
     assert!(named >= 2, "{named} threads named jetstream");
     sim.world().post(&dids[0], "before").unwrap();
     settle(&relay);

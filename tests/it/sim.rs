@@ -515,9 +515,9 @@ fn three_thousand_hosts_idle_at_no_cpu() {
     assert_eq!(sim.hostnames().len(), 3000);
     std::thread::sleep(Duration::from_millis(500));
     // The hosts' own (accept) threads: other tests share this process and its CPU.
-    let c0 = crate::procstat::threads_cpu_seconds("sim-host-");
+    let c0 = crate::procstat::threads_cpu_seconds(None, "sim-host-");
     std::thread::sleep(Duration::from_secs(3));
-    let used = crate::procstat::threads_cpu_seconds("sim-host-") - c0;
+    let used = crate::procstat::threads_cpu_seconds(None, "sim-host-") - c0;
     assert!(used < 0.15, "idle hosts burned {used:.2}s of CPU in 3s");
     for i in [0, 1499, 2999] {
         let (status, body) = http_get(&format!(
