@@ -7,6 +7,7 @@
 //! sent and always asks for the next one; the ring says whether it has it, has not got it yet,
 //! or has already dropped it (then the disk log, which was written before the ring, has it).
 
+use super::batch::{Batch, Payload};
 use super::eventlog::EventLog;
 use super::follow::Follower;
 use super::registry::Registry;
@@ -88,6 +89,14 @@ impl Write for Counted {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let n = self.inner.write(buf)?;
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.inner.write_vectored(bufs)?;
         self.written.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
@@ -213,25 +222,43 @@ impl Hub {
     ) -> &'static str {
         let waiter = self.ring.register();
         let mut follow = Follower::new(&self.ring, &self.log, &self.replay_budget, last);
-        let mut pending = false;
+        // Frames go out as a `Batch`; tungstenite's own frames (pongs, pings, close) only
+        // between batches, and a batch only once those are flushed (see `batch`).
+        let mut batch = Batch::default();
+        let mut own_pending = false;
         let mut progress_bytes = written.load(Ordering::Relaxed);
         let mut last_progress = Instant::now();
         let mut last_write = Instant::now();
         let mut last_read = Instant::now();
         loop {
             if self.shutdown.load(Ordering::Relaxed) {
-                let _ = ws.close(None);
-                let _ = ws.flush();
+                ws.get_mut().deadline = Some(Instant::now() + Duration::from_secs(1));
+                if matches!(batch.write_to(ws.get_mut()), Ok(true)) {
+                    let _ = ws.close(None);
+                    let _ = ws.flush();
+                }
                 return "relay shutting down";
             }
-            // Every write tungstenite does in this iteration (frames, pongs, pings) must finish
-            // within a second; what does not fit stays buffered for the next round.
+            // Every write in this iteration (frames, pongs, pings) must finish within a
+            // second; what does not fit stays queued for the next round.
             ws.get_mut().deadline = Some(Instant::now() + Duration::from_secs(1));
-            let mut batch_bytes = 0usize;
-            let mut sent = 0u64;
-            if !pending {
-                // Queue up to ~64 KiB of frames, then flush once.
-                while batch_bytes < 64 << 10 {
+            let mut filled = 0u64;
+            let mut progressed = false;
+            if batch.is_empty() {
+                // Costs no syscall when tungstenite holds nothing (the usual case).
+                match ws.flush() {
+                    Ok(()) => {
+                        progressed = own_pending;
+                        own_pending = false;
+                    }
+                    Err(e) if crate::util::net::ws_timed_out(&e) => own_pending = true,
+                    Err(_) => return "write failed",
+                }
+            }
+            let was_pending = !batch.is_empty() || own_pending;
+            if batch.is_empty() && !own_pending {
+                // Queue up to ~64 KiB of frames, then write them at once.
+                while batch.len() < 64 << 10 {
                     let f = match follow.next_frame() {
                         Ok(Some(f)) => f,
                         Ok(None) => break,
@@ -247,85 +274,55 @@ impl Hub {
                     if f.is_repo_event() && self.hidden.hides(f.did_hash) {
                         continue;
                     }
-                    batch_bytes += f.bytes.len();
-                    match ws.write(Message::Binary(f.bytes.clone())) {
-                        Ok(()) => {}
-                        Err(e) if crate::util::net::ws_timed_out(&e) => {
-                            pending = true;
-                            break;
-                        }
-                        Err(_) => return "write failed",
-                    }
-                    sent += 1;
+                    batch.push(Payload::Shared(f));
+                    filled += 1;
                 }
             }
-            if sent > 0 {
-                info.events_sent.fetch_add(sent, Ordering::Relaxed);
-                metrics::counter!("events_sent_counter").increment(sent);
+            if filled > 0 {
+                info.events_sent.fetch_add(filled, Ordering::Relaxed);
+                metrics::counter!("events_sent_counter").increment(filled);
             }
-            if batch_bytes > 0 || pending {
-                // Progress means a whole batch reached the socket. Counting bytes instead would
-                // let a dead client live forever on the few KB that TCP autotuning trickles in.
-                match ws.flush() {
-                    Ok(()) => {
-                        pending = false;
-                        last_write = Instant::now();
-                        last_progress = last_write;
-                    }
-                    Err(e) if crate::util::net::ws_timed_out(&e) => pending = true,
+            // Progress means a whole batch reached the socket. Counting bytes instead would
+            // let a dead client live forever on the few KB that TCP autotuning trickles in.
+            if !batch.is_empty() {
+                match batch.write_to(ws.get_mut()) {
+                    Ok(done) => progressed |= done,
                     Err(_) => return "write failed",
                 }
+            }
+            let pending = !batch.is_empty() || own_pending;
+            if progressed {
+                last_write = Instant::now();
+                last_progress = last_write;
+            }
+            if filled > 0 || was_pending {
                 let now_bytes = written.load(Ordering::Relaxed);
                 info.bytes_sent.store(now_bytes, Ordering::Relaxed);
                 metrics::counter!("rlay_consumer_bytes_sent_total")
                     .increment(now_bytes - progress_bytes);
                 progress_bytes = now_bytes;
                 if pending && last_progress.elapsed() >= self.config.stall_timeout {
-                    // Best effort: the client may still drain its buffer and read why it was
-                    // dropped, so keep offering the error frame for a few seconds.
-                    let f = frame::error_frame(
-                        "ConsumerTooSlow",
-                        Some("no progress reading the stream"),
-                    );
-                    metrics::counter!("rlay_consumer_rejected_total", "reason" => "too_slow")
-                        .increment(1);
-                    let give_up = Instant::now() + Duration::from_secs(5);
-                    ws.get_mut().deadline = Some(give_up);
-                    let mut queued = false;
-                    while Instant::now() < give_up {
-                        if !queued {
-                            match ws.write(Message::Binary(Bytes::from(f.clone()))) {
-                                Ok(()) => queued = true,
-                                Err(e) if crate::util::net::ws_timed_out(&e) => queued = true,
-                                Err(_) => break,
-                            }
-                        }
-                        match ws.flush() {
-                            Ok(()) => break,
-                            Err(e) if crate::util::net::ws_timed_out(&e) => {}
-                            Err(_) => break,
-                        }
-                    }
-                    return "ConsumerTooSlow";
+                    return Self::too_slow(ws, &mut batch, own_pending);
                 }
-                if !pending && batch_bytes > 0 && last_read.elapsed() < Duration::from_secs(1) {
+                if !pending && filled > 0 && last_read.elapsed() < Duration::from_secs(1) {
                     continue;
                 }
             } else {
                 last_progress = Instant::now();
             }
-            // Service the client: pings get pongs, a close ends us, anything else is ignored.
-            if last_read.elapsed() >= super::CLIENT_READ_EVERY || pending {
+            // Service the client between batches: pings get pongs, a close ends us, anything
+            // else is ignored.
+            if batch.is_empty() && (last_read.elapsed() >= super::CLIENT_READ_EVERY || pending) {
                 last_read = Instant::now();
                 if let Some(end) = Self::read_client(ws) {
                     return end;
                 }
             }
-            if !pending && batch_bytes == 0 {
+            if !pending && filled == 0 {
                 if last_write.elapsed() >= self.config.ping_interval {
                     match ws.send(Message::Ping(Bytes::new())) {
                         Ok(()) => last_write = Instant::now(),
-                        Err(e) if crate::util::net::ws_timed_out(&e) => pending = true,
+                        Err(e) if crate::util::net::ws_timed_out(&e) => own_pending = true,
                         Err(_) => return "connection lost",
                     }
                 }
@@ -334,6 +331,40 @@ impl Hub {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+    }
+
+    /// Gives up on a consumer that made no progress: best effort, the client may still drain
+    /// its buffer and read why it was dropped, so the error frame is offered for a few seconds
+    /// after whatever was already queued.
+    fn too_slow(
+        ws: &mut WebSocket<Counted>,
+        batch: &mut Batch,
+        mut own_pending: bool,
+    ) -> &'static str {
+        metrics::counter!("rlay_consumer_rejected_total", "reason" => "too_slow").increment(1);
+        let f = frame::error_frame("ConsumerTooSlow", Some("no progress reading the stream"));
+        let give_up = Instant::now() + Duration::from_secs(5);
+        ws.get_mut().deadline = Some(give_up);
+        let mut queued = false;
+        while Instant::now() < give_up {
+            if own_pending {
+                match ws.flush() {
+                    Ok(()) => own_pending = false,
+                    Err(e) if crate::util::net::ws_timed_out(&e) => {}
+                    Err(_) => break,
+                }
+                continue;
+            }
+            if !queued {
+                batch.push(Payload::Owned(f.clone()));
+                queued = true;
+            }
+            match batch.write_to(ws.get_mut()) {
+                Ok(true) | Err(_) => break,
+                Ok(false) => {}
+            }
+        }
+        "ConsumerTooSlow"
     }
 
     /// Reads what the client sent without waiting: pings get pongs (tungstenite queues them),

@@ -1,5 +1,6 @@
 //! The output half of the relay: sequencer → disk log → ring → consumer threads.
 
+pub mod batch;
 pub mod eventlog;
 pub mod firehose;
 pub mod follow;
@@ -8,6 +9,7 @@ pub mod registry;
 pub mod replay_budget;
 pub mod ring;
 pub mod sequencer;
+pub mod wakeups;
 
 use crate::util::{Hidden, Outage};
 use eventlog::{EventLog, OpenReport};

@@ -10,9 +10,10 @@
 //! hundreds of MB; the byte bound evicts the oldest frames first, and readers of those go to the
 //! disk log like any reader that fell behind.
 //!
-//! Waking readers is lock-free too: each consumer registers a `Parker`; the publisher unparks
-//! every registered thread after a batch. Unparking before the reader parks is not lost (the
-//! token is kept), so there is no missed-wakeup window.
+//! Waking readers is lock-free too: each consumer registers a `Parker`, and the sequencer
+//! unparks every registered thread in rounds (`wakeups` says when; publishing does not wake).
+//! Unparking before the reader parks is not lost (the token is kept), so there is no
+//! missed-wakeup window.
 
 use super::eventlog::LogFrame;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -142,7 +143,8 @@ impl Ring {
         }
     }
 
-    /// Publishes a batch of frames with contiguous seqs, then wakes every waiting consumer.
+    /// Publishes a batch of frames with contiguous seqs. Consumers that are awake see them at
+    /// once; parked ones at the next [`Ring::wake_all`].
     pub fn publish(&self, frames: &[Arc<LogFrame>]) {
         let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
             return;
@@ -177,12 +179,14 @@ impl Ring {
         }
         self.bytes.store(bytes, Ordering::Relaxed);
         self.head.store(last.seq, Ordering::Release);
-        for (_, u) in self.waiters.load().iter() {
-            u.unpark();
-        }
     }
 
-    /// Wakes every consumer without publishing (shutdown, takedown changes).
+    /// Consumers registered now.
+    pub fn waiter_count(&self) -> usize {
+        self.waiters.load().len()
+    }
+
+    /// Wakes every consumer (after publishing, at shutdown).
     pub fn wake_all(&self) {
         for (_, u) in self.waiters.load().iter() {
             u.unpark();

@@ -4,7 +4,7 @@
 //! (`Outgoing`). For each batch drained from its channel the sequencer writes consecutive seqs
 //! into those slots, appends the batch to the disk log with one vectored write (no copy of the
 //! frames), and only then publishes it to the ring — so nothing is broadcast that a restart
-//! could lose or renumber.
+//! could lose or renumber. Parked consumers are woken in rounds (`wakeups`), not per batch.
 //!
 //! fsync policy: frames reach the OS (write(2)) before they are broadcast, which survives a
 //! process crash; `fdatasync` runs every 200 ms while there are writes and on every `Barrier`
@@ -14,8 +14,9 @@
 
 use super::eventlog::{EventLog, KIND_ACCOUNT, KIND_COMMIT, KIND_IDENTITY, KIND_SYNC, LogFrame};
 use super::ring::Ring;
+use super::wakeups::Wakeups;
 use crate::proto::frame::{Event, Unsequenced};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -156,10 +157,22 @@ fn run(
     sync_tx: Sender<Synced>,
 ) {
     let mut reserved = next - 1;
+    let mut wakeups = Wakeups::default();
     metrics::gauge!("disk_persister_current_seq").set((next - 1) as f64);
     loop {
-        let Ok(first) = rx.recv() else {
-            break;
+        let first = match wakeups.due(&ring) {
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => break,
+            },
+            Some(due) => match rx.recv_deadline(due) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    wakeups.wake(&ring);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
         };
         let mut frames: Vec<LogFrame> = Vec::new();
         let mut barriers = Vec::new();
@@ -196,6 +209,7 @@ fn run(
             until_ok(&log, "append", || log.append(&frames));
             let arcs: Vec<Arc<LogFrame>> = frames.into_iter().map(Arc::new).collect();
             ring.publish(&arcs);
+            wakeups.published(&ring);
             metrics::counter!("rlay_events_sequenced_total").increment(arcs.len() as u64);
             metrics::gauge!("disk_persister_current_seq").set((next - 1) as f64);
         }
@@ -212,6 +226,7 @@ fn run(
             }
         }
     }
+    wakeups.wake(&ring);
     sync(&log);
     // A clean stop: the next run continues right after the last seq.
     if let Err(e) = log.reserve_seq(next - 1) {

@@ -202,6 +202,64 @@ fn hundred_consumers_receive_identical_streams() {
     });
 }
 
+/// Frames and the relay's own control frames share one socket: pings sent while a burst of
+/// frames of every length form (7-bit, 16-bit, 64-bit) streams are answered with pongs, and no
+/// frame is split or reordered by them.
+#[test]
+fn pings_answered_mid_stream_and_frames_stay_whole() {
+    let r = relay(StreamConfig::default());
+    let mut ws = connect(r.addr, None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while r.stream.hub().consumers().is_empty() {
+        assert!(Instant::now() < deadline, "consumer registered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sizes = [10usize, 200, 70_000, 3_000, 1];
+    let total = 600u64;
+    let publisher = {
+        let seq = r.stream.sequencer().clone();
+        std::thread::spawn(move || {
+            for n in 1..=total {
+                seq.emit(&big(n, sizes[n as usize % sizes.len()]));
+                if n % 50 == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        })
+    };
+    let (mut got, mut pings, mut pongs) = (0u64, 0u64, 0u64);
+    while got < total {
+        if got >= pings * 100 {
+            ws.send(Message::Ping(Bytes::from_static(b"mid")))
+                .expect("ping");
+            pings += 1;
+        }
+        match ws.read().expect("the stream stays readable") {
+            Message::Binary(b) => {
+                got += 1;
+                let Event::Sync(e) = frame::decode(&b).expect("a whole frame") else {
+                    panic!("a #sync frame");
+                };
+                assert_eq!(e.seq as u64, got, "in order, none lost");
+                assert_eq!(e.blocks.len(), sizes[got as usize % sizes.len()]);
+            }
+            Message::Pong(p) => {
+                assert_eq!(&p[..], b"mid");
+                pongs += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    publisher.join().expect("publisher");
+    // The last pings may be answered after the last frame.
+    while pongs < pings {
+        match ws.read().expect("pongs") {
+            Message::Pong(_) => pongs += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn restart_keeps_seq_and_replay() {
     let dir = tempfile::tempdir().expect("dir");
