@@ -83,22 +83,27 @@ impl Read for Counted {
     }
 }
 
-impl Write for Counted {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+impl Counted {
+    /// One write to the socket, refused once the deadline has passed, and counted.
+    fn counted(
+        &mut self,
+        w: impl FnOnce(&mut TcpStream) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = self.inner.write(buf)?;
+        let n = w(&mut self.inner)?;
         self.written.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
+}
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.counted(|s| s.write(buf))
+    }
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = self.inner.write_vectored(bufs)?;
-        self.written.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
+        self.counted(|s| s.write_vectored(bufs))
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
@@ -342,10 +347,14 @@ impl Hub {
         mut own_pending: bool,
     ) -> &'static str {
         metrics::counter!("rlay_consumer_rejected_total", "reason" => "too_slow").increment(1);
-        let f = frame::error_frame("ConsumerTooSlow", Some("no progress reading the stream"));
+        // Queued now, written only once tungstenite's pending bytes are out (a batch is empty
+        // while they are, so this frame is the batch's first or follows its frames).
+        batch.push(Payload::Owned(frame::error_frame(
+            "ConsumerTooSlow",
+            Some("no progress reading the stream"),
+        )));
         let give_up = Instant::now() + Duration::from_secs(5);
         ws.get_mut().deadline = Some(give_up);
-        let mut queued = false;
         while Instant::now() < give_up {
             if own_pending {
                 match ws.flush() {
@@ -354,10 +363,6 @@ impl Hub {
                     Err(_) => break,
                 }
                 continue;
-            }
-            if !queued {
-                batch.push(Payload::Owned(f.clone()));
-                queued = true;
             }
             match batch.write_to(ws.get_mut()) {
                 Ok(true) | Err(_) => break,
