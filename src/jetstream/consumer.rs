@@ -1,13 +1,16 @@
 //! One Jetstream consumer: its start (a `time_us` cursor, found in the ring or the disk log),
-//! then a loop that turns each sequenced frame into its shared Jetstream events, sends those the
-//! filter wants, and reads the client's `options_update` messages. A slow consumer falls back
-//! to the disk log like a firehose consumer and is closed only when it makes no progress.
+//! then the shared delivery loop (`deliver`), which here turns each sequenced frame into its
+//! shared Jetstream events, sends those the filter wants, and takes the client's
+//! `options_update` messages. A slow consumer falls back to the disk log like a firehose
+//! consumer and is dropped only when it makes no progress.
 
-use super::encode::{Cache, Compressor};
+use super::encode::{Cache, Compressor, Encoded, Item};
 use super::params::{ClientMessage, Cursor, Filter, Options, client_message};
+use crate::stream::batch::{Kind, Payload};
+use crate::stream::deliver::{End, Feed, away, deliver, read_client};
 use crate::stream::eventlog::LogFrame;
 use crate::stream::firehose::{Client, Hub};
-use crate::stream::follow::Follower;
+use crate::stream::outbox::Outbox;
 use crate::stream::registry::ConsumerInfo;
 use crate::stream::ring::Lookup;
 use bytes::Bytes;
@@ -15,10 +18,10 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tungstenite::Message;
+use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{Role, WebSocketConfig};
-use tungstenite::{Message, WebSocket};
 
 /// Client messages larger than this close the connection (1009); a 10,000-DID update is ~450 KB.
 const MAX_CLIENT_MESSAGE: usize = 2 << 20;
@@ -27,6 +30,9 @@ const MAX_CLIENT_MESSAGE: usize = 2 << 20;
 /// of waking for each one: a wake-up (futex, write, context switch) per event per consumer was
 /// most of what Jetstream cost the relay. It bounds the latency it adds.
 const LINGER: Duration = Duration::from_millis(2);
+
+/// How long one write may block: Jetstream drops a connection whose frame takes longer than 5 s.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Shared by every Jetstream consumer.
 pub struct Jetstream {
@@ -96,15 +102,12 @@ impl Jetstream {
 
     /// Runs a consumer on an upgraded connection until it ends.
     pub fn serve(&self, stream: TcpStream, opts: Options, client: Client) {
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(1)));
         let config = WebSocketConfig::default()
             .read_buffer_size(4 << 10)
             .max_message_size(Some(MAX_CLIENT_MESSAGE))
             .max_frame_size(Some(MAX_CLIENT_MESSAGE))
-            .max_write_buffer_size(64 << 20);
-        let mut ws = WebSocket::from_raw_socket(stream, Role::Server, Some(config));
+            .max_write_buffer_size(1 << 20);
+        let mut out = Outbox::new(stream, config, WRITE_TIMEOUT);
         let reg = self.hub.registry.add(
             "jetstream",
             client.remote_addr,
@@ -112,6 +115,7 @@ impl Jetstream {
             self.hub.ring.head(),
         );
         let mut session = Session {
+            jetstream: self,
             filter: opts.filter,
             compress: opts.compress,
             from_time: match opts.cursor {
@@ -119,151 +123,47 @@ impl Jetstream {
                 Cursor::Live => 0,
             },
             info: &reg.info,
+            updated: false,
+            bytes: 0,
         };
         session.describe();
         metrics::gauge!("rlay_jetstream_consumers").increment(1.0);
         let end = match opts.require_hello {
-            true => session.hello(&mut ws, &self.hub),
+            true => session.hello(&mut out, &self.hub),
             false => Ok(()),
         }
-        .and_then(|()| {
+        .map(|()| {
             let after = self.start_after(opts.cursor);
-            self.run(&mut ws, &mut session, after)
-        });
+            deliver(&self.hub, &mut out, &mut session, after, &reg.info)
+        })
+        .unwrap_or_else(|why| why);
         metrics::gauge!("rlay_jetstream_consumers").decrement(1.0);
-        let why = match end {
-            Ok(()) => "ended".to_owned(),
-            Err(e) => e,
-        };
         log::info!(
-            "jetstream: consumer {} from {} disconnected after {} events: {why}",
+            "jetstream: consumer {} from {} disconnected after {} events: {end}",
             reg.info.id,
             reg.info.remote_addr,
             reg.info.events_sent.load(Ordering::Relaxed)
         );
     }
-
-    fn run(
-        &self,
-        ws: &mut WebSocket<TcpStream>,
-        s: &mut Session<'_>,
-        last: u64,
-    ) -> Result<(), String> {
-        let hub = &self.hub;
-        let waiter = hub.ring.register();
-        let mut follow = Follower::new(&hub.ring, &hub.log, &hub.replay_budget, last);
-        let mut last_write = Instant::now();
-        let mut last_progress = Instant::now();
-        let mut last_read = Instant::now();
-        let compressed = if s.compress { "true" } else { "false" };
-        let mut streaming = false;
-        loop {
-            if hub.shutdown.load(Ordering::Relaxed) {
-                close(ws, CloseCode::Away, "server shutting down");
-                return Err("relay shutting down".into());
-            }
-            let (mut sent, mut bytes, mut frames) = (0u64, 0u64, 0usize);
-            let mut stuck = false;
-            while sent < 256 && !stuck {
-                let f: Arc<LogFrame> = match follow.next_frame() {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
-                    Err(e) => return Err(format!("cannot read the event log: {e}")),
-                };
-                frames += 1;
-                s.info.cursor.store(f.seq, Ordering::Relaxed);
-                if f.is_repo_event() && hub.hidden.hides(f.did_hash) {
-                    continue;
-                }
-                let e = self.cache.get(&f);
-                for item in &e.items {
-                    if !s.wants(&e, item) {
-                        continue;
-                    }
-                    let (msg, n) = if s.compress {
-                        let z = item.zstd(&self.compressor);
-                        (Message::Binary(z.clone()), z.len())
-                    } else {
-                        (Message::Text(item.json.clone()), item.json.len())
-                    };
-                    match ws.write(msg) {
-                        Ok(()) => {}
-                        // Queued, but the socket is full: flush below decides.
-                        Err(e) if crate::util::net::ws_timed_out(&e) => stuck = true,
-                        Err(e) => return Err(format!("write failed: {e}")),
-                    }
-                    sent += 1;
-                    bytes += n as u64;
-                    if stuck {
-                        break;
-                    }
-                }
-            }
-            // Counted once per batch: a metrics lookup per event is most of a delivery's cost.
-            if sent > 0 {
-                s.info.events_sent.fetch_add(sent, Ordering::Relaxed);
-                s.info.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
-                metrics::counter!("rlay_jetstream_events_sent_total").increment(sent);
-                metrics::counter!("rlay_jetstream_bytes_sent_total", "compressed" => compressed)
-                    .increment(bytes);
-            }
-            match ws.flush() {
-                Ok(()) => {
-                    if sent > 0 {
-                        last_write = Instant::now();
-                    }
-                    last_progress = Instant::now();
-                }
-                Err(e) if crate::util::net::ws_timed_out(&e) => {
-                    if last_progress.elapsed() >= hub.config.stall_timeout {
-                        metrics::counter!("rlay_consumer_rejected_total", "reason" => "too_slow")
-                            .increment(1);
-                        return Err("no progress reading the stream".into());
-                    }
-                }
-                Err(e) => return Err(format!("write failed: {e}")),
-            }
-            // Three syscalls per look are not worth making per batch.
-            if last_read.elapsed() >= crate::stream::CLIENT_READ_EVERY {
-                s.read_client(ws)?;
-                last_read = Instant::now();
-            }
-            if frames > 0 {
-                streaming = true;
-            } else if streaming {
-                streaming = false;
-                std::thread::sleep(LINGER);
-            } else {
-                if last_write.elapsed() >= Duration::from_secs(30) {
-                    let _ = ws.send(Message::Ping(Bytes::new()));
-                    last_write = Instant::now();
-                }
-                waiter.wait(Duration::from_millis(100));
-            }
-        }
-    }
-}
-
-fn close(ws: &mut WebSocket<TcpStream>, code: CloseCode, reason: &str) {
-    let _ = ws.close(Some(CloseFrame {
-        code,
-        reason: reason.to_owned().into(),
-    }));
-    let _ = ws.flush();
 }
 
 /// One consumer's changing state.
 struct Session<'a> {
+    jetstream: &'a Jetstream,
     filter: Filter,
     compress: bool,
     /// Items before this `time_us` are not sent (the cursor's event may have earlier ops).
     from_time: i64,
     info: &'a ConsumerInfo,
+    /// An `options_update` arrived (what `requireHello` waits for).
+    updated: bool,
+    /// Payload bytes queued since the last count.
+    bytes: u64,
 }
 
 impl Session<'_> {
     /// Whether this consumer is sent `item` of `did`'s frame.
-    fn wants(&self, e: &super::encode::Encoded, item: &super::encode::Item) -> bool {
+    fn wants(&self, e: &Encoded, item: &Item) -> bool {
         let max = self.filter.max_message_size();
         item.time_us >= self.from_time
             && self
@@ -280,66 +180,89 @@ impl Session<'_> {
         }));
     }
 
-    /// Reads what the client sent: an `options_update` replaces the filter; a bad one closes
-    /// the connection with its code. `Ok(true)` if an update arrived.
-    fn read_client(&mut self, ws: &mut WebSocket<TcpStream>) -> Result<bool, String> {
-        // Without waiting: a read timeout is rounded up to a scheduler tick (4 ms at HZ=250).
-        let _ = ws.get_ref().set_nonblocking(true);
-        let r = self.read_client_waiting_for_nothing(ws);
-        let _ = ws.get_ref().set_nonblocking(false);
-        r
-    }
-
-    fn read_client_waiting_for_nothing(
-        &mut self,
-        ws: &mut WebSocket<TcpStream>,
-    ) -> Result<bool, String> {
-        let mut updated = false;
-        loop {
-            match ws.read() {
-                Ok(Message::Text(t)) => match client_message(t.as_str()) {
-                    Ok(ClientMessage::Update(f)) => {
-                        self.filter = f;
-                        self.describe();
-                        updated = true;
-                    }
-                    Ok(ClientMessage::Other) => {}
-                    Err(r) => {
-                        close(ws, CloseCode::from(r.code), &r.reason);
-                        return Err(format!("refused a client message: {}", r.reason));
-                    }
-                },
-                Ok(Message::Close(_)) => {
-                    let _ = ws.flush();
-                    return Err("client closed".into());
-                }
-                Ok(_) => {}
-                Err(e) if crate::util::net::ws_timed_out(&e) => return Ok(updated),
-                Err(tungstenite::Error::Capacity(_)) => {
-                    close(ws, CloseCode::Size, "read limited at 2097152 bytes");
-                    return Err("client message too large".into());
-                }
-                Err(e) => return Err(format!("connection lost: {e}")),
-            }
-        }
-    }
-
     /// `requireHello`: nothing is sent until the first valid `options_update`.
-    fn hello(&mut self, ws: &mut WebSocket<TcpStream>, hub: &Hub) -> Result<(), String> {
+    fn hello(&mut self, out: &mut Outbox, hub: &Hub) -> Result<(), String> {
         let mut pinged = Instant::now();
         loop {
             if hub.shutdown.load(Ordering::Relaxed) {
-                close(ws, CloseCode::Away, "server shutting down");
+                out.finish(None, Some(away()), Duration::from_secs(1));
                 return Err("relay shutting down".into());
             }
-            if self.read_client(ws)? {
+            out.set_deadline(Duration::from_secs(1));
+            if out.flush_own().is_err() {
+                return Err("write failed".into());
+            }
+            read_client(out, self)?;
+            if self.updated {
                 return Ok(());
             }
             if pinged.elapsed() >= Duration::from_secs(30) {
-                let _ = ws.send(Message::Ping(Bytes::new()));
+                out.ping().map_err(|_| "connection lost".to_owned())?;
                 pinged = Instant::now();
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl Feed for Session<'_> {
+    fn queue(&mut self, f: Arc<LogFrame>, out: &mut Outbox) -> u64 {
+        let e = self.jetstream.cache.get(&f);
+        let mut n = 0;
+        for item in &e.items {
+            if !self.wants(&e, item) {
+                continue;
+            }
+            let (payload, kind) = if self.compress {
+                let z = item.zstd(&self.jetstream.compressor).clone();
+                (z, Kind::Binary)
+            } else {
+                (Bytes::from(item.json.clone()), Kind::Text)
+            };
+            self.bytes += payload.len() as u64;
+            out.push(Payload::Bytes(payload), kind);
+            n += 1;
+        }
+        n
+    }
+
+    fn counted(&mut self, messages: u64) {
+        let compressed = if self.compress { "true" } else { "false" };
+        metrics::counter!("rlay_jetstream_events_sent_total").increment(messages);
+        metrics::counter!("rlay_jetstream_bytes_sent_total", "compressed" => compressed)
+            .increment(std::mem::take(&mut self.bytes));
+    }
+
+    /// An `options_update` replaces the filter; a bad one closes the connection with its code.
+    fn client_message(&mut self, m: Message) -> Result<(), End> {
+        let Message::Text(t) = m else {
+            return Ok(());
+        };
+        match client_message(t.as_str()) {
+            Ok(ClientMessage::Update(f)) => {
+                self.filter = f;
+                self.describe();
+                self.updated = true;
+                Ok(())
+            }
+            Ok(ClientMessage::Other) => Ok(()),
+            Err(r) => Err(End {
+                why: format!("refused a client message: {}", r.reason),
+                close: Some(CloseFrame {
+                    code: CloseCode::from(r.code),
+                    reason: r.reason.into(),
+                }),
+            }),
+        }
+    }
+
+    /// v1 drops a slow consumer without a word (its clients reconnect from their last
+    /// `time_us`).
+    fn too_slow(&self) -> Option<(Payload, Kind)> {
+        None
+    }
+
+    fn linger(&self) -> Duration {
+        LINGER
     }
 }

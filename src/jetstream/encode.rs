@@ -222,8 +222,14 @@ impl Compressor {
 /// Encoded events by seq, so each frame is turned into JSON (and zstd) once however many
 /// consumers read it, even when they reach it at the same moment. Slots are overwritten by
 /// newer seqs; a consumer far behind (reading the disk log) may encode again.
+///
+/// A slot is a mutex, not an `ArcSwap`: every consumer looks up every frame, and arc_swap's
+/// load (a thread-local debt slot) plus its writer's scan of every thread's debts were a sixth
+/// of a Jetstream thread's time; an uncontended lock is two atomics.
 pub struct Cache {
-    slots: Vec<arc_swap::ArcSwapOption<Slot>>,
+    slots: Vec<Mutex<Option<Arc<Slot>>>>,
+    /// Slot count - 1 (a power of two).
+    mask: u64,
 }
 
 /// One seq's events, encoded by whichever consumer gets there first while the others wait.
@@ -253,37 +259,87 @@ static EMPTY: Encoded = Encoded {
 
 impl Cache {
     pub fn new(capacity: usize) -> Cache {
+        let n = capacity.max(1).next_power_of_two();
         Cache {
-            slots: (0..capacity.max(1))
-                .map(|_| arc_swap::ArcSwapOption::empty())
-                .collect(),
+            slots: (0..n).map(|_| Mutex::new(None)).collect(),
+            mask: n as u64 - 1,
         }
     }
 
-    /// Lock-free unless another consumer is encoding the same frame right now.
+    /// Waits only while another consumer is encoding the same frame.
     pub fn get(&self, f: &LogFrame) -> Cached {
-        let at = &self.slots[(f.seq % self.slots.len() as u64) as usize];
-        let current = at.load_full().filter(|s| s.seq == f.seq);
-        let slot = current.unwrap_or_else(|| {
-            let fresh = Arc::new(Slot {
-                seq: f.seq,
-                encoded: OnceLock::new(),
-            });
-            // Keep the newer of what is there and this; if another consumer installed this seq
-            // first, use its slot.
-            let before = at.rcu(|old| match old {
-                Some(o) if o.seq >= f.seq => Some(o.clone()),
-                _ => Some(fresh.clone()),
-            });
-            match before {
-                Some(o) if o.seq == f.seq => o,
-                _ => fresh,
+        let at = &self.slots[(f.seq & self.mask) as usize];
+        let mut replaced = None;
+        let slot = {
+            let mut held = at.lock().unwrap_or_else(PoisonError::into_inner);
+            match held.as_ref() {
+                Some(s) if s.seq == f.seq => s.clone(),
+                // A newer seq holds the slot: this reader is far behind and encodes alone.
+                Some(s) if s.seq > f.seq => Arc::new(Slot::new(f.seq)),
+                _ => {
+                    let fresh = Arc::new(Slot::new(f.seq));
+                    replaced = held.replace(fresh.clone());
+                    fresh
+                }
             }
-        });
+        };
+        // The old events are freed outside the lock.
+        drop(replaced);
         slot.encoded.get_or_init(|| {
             metrics::counter!("rlay_jetstream_frames_encoded_total").increment(1);
             encode(f)
         });
         Cached(slot)
+    }
+}
+
+impl Slot {
+    fn new(seq: u64) -> Slot {
+        Slot {
+            seq,
+            encoded: OnceLock::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity_frame(seq: u64) -> LogFrame {
+        let event = Event::Identity(frame::IdentityEvent {
+            seq: seq as i64,
+            did: format!("did:plc:cache{seq}"),
+            time: "2026-12-03T00:00:00.000Z".into(),
+            handle: None,
+        });
+        LogFrame {
+            seq,
+            time_us: 1_000 + seq as i64,
+            did_hash: 0,
+            kind: 0,
+            bytes: Bytes::from(frame::encode(&event)),
+        }
+    }
+
+    #[test]
+    fn a_frame_is_encoded_once_and_a_far_behind_reader_does_not_evict_newer_ones() {
+        let cache = Cache::new(3); // 4 slots
+        let (f1, f5) = (identity_frame(1), identity_frame(5));
+        let a = cache.get(&f1);
+        let b = cache.get(&f1);
+        assert!(
+            Arc::ptr_eq(&a.0, &b.0),
+            "the second reader shares the first's events"
+        );
+        assert_eq!(a.items.len(), 1);
+        assert!(a.items[0].json.as_str().contains("did:plc:cache1"));
+        // Seq 5 takes seq 1's slot; a reader still on seq 1 then encodes for itself.
+        let c = cache.get(&f5);
+        assert!(c.items[0].json.as_str().contains("did:plc:cache5"));
+        let late = cache.get(&f1);
+        assert!(!Arc::ptr_eq(&late.0, &a.0));
+        assert!(late.items[0].json.as_str().contains("did:plc:cache1"));
+        assert!(Arc::ptr_eq(&cache.get(&f5).0, &c.0), "seq 5 kept its slot");
     }
 }

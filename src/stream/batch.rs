@@ -1,5 +1,5 @@
-//! A firehose consumer's outgoing batch: WebSocket binary messages written with vectored writes
-//! straight from the shared ring frames.
+//! A consumer's outgoing batch: WebSocket messages written with vectored writes straight from
+//! shared buffers (the ring's frames, Jetstream's encoded events).
 //!
 //! Sending through tungstenite copied every frame into that consumer's write buffer and took a
 //! reference on the frame's payload, a count every consumer thread contends for; with 1,000
@@ -7,9 +7,8 @@
 //! header is all a consumer makes of a frame, and the kernel copies the payload from the one
 //! shared buffer.
 //!
-//! tungstenite still owns the connection's other frames (pongs, pings, close). The consumer
-//! keeps the two apart: a batch starts only once tungstenite's buffer is flushed, and
-//! tungstenite writes only between batches, so a partial write of one never splits the other.
+//! tungstenite still owns the connection's other frames (pongs, pings, close); `Outbox` keeps
+//! the two apart.
 
 use super::eventlog::LogFrame;
 use std::io::{self, IoSlice, Write};
@@ -24,6 +23,15 @@ pub enum Payload {
     Shared(Arc<LogFrame>),
     /// A frame of this consumer's own (`#info`, an error).
     Owned(Vec<u8>),
+    /// A buffer shared by reference count (a Jetstream event's JSON or zstd frame).
+    Bytes(bytes::Bytes),
+}
+
+/// A message's WebSocket opcode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Binary,
 }
 
 impl Payload {
@@ -31,6 +39,7 @@ impl Payload {
         match self {
             Payload::Shared(f) => &f.bytes,
             Payload::Owned(b) => b,
+            Payload::Bytes(b) => b,
         }
     }
 }
@@ -42,11 +51,14 @@ struct Message {
 }
 
 impl Message {
-    /// A final, unmasked (server-to-client) binary frame: RFC 6455 §5.2.
-    fn binary(payload: Payload) -> Message {
+    /// A final, unmasked (server-to-client) frame: RFC 6455 §5.2.
+    fn new(payload: Payload, kind: Kind) -> Message {
         let len = payload.bytes().len();
         let mut header = [0u8; 10];
-        header[0] = 0x82;
+        header[0] = match kind {
+            Kind::Text => 0x81,
+            Kind::Binary => 0x82,
+        };
         let header_len = if len < 126 {
             header[1] = len as u8;
             2
@@ -82,8 +94,9 @@ pub struct Batch {
 }
 
 impl Batch {
-    pub fn push(&mut self, payload: Payload) {
-        let m = Message::binary(payload);
+    /// Queues a message. A `Text` payload must be UTF-8 (clients close on one that is not).
+    pub fn push(&mut self, payload: Payload, kind: Kind) {
+        let m = Message::new(payload, kind);
         self.len += m.header_len + m.payload.bytes().len();
         self.messages.push(m);
     }
@@ -165,6 +178,13 @@ mod tests {
 
     /// What a client reads from `wire`.
     fn client_reads(wire: Vec<u8>) -> Vec<Vec<u8>> {
+        client_messages(wire)
+            .into_iter()
+            .map(|m| m.into_data().to_vec())
+            .collect()
+    }
+
+    fn client_messages(wire: Vec<u8>) -> Vec<tungstenite::Message> {
         struct Duplex(Cursor<Vec<u8>>);
         impl Read for Duplex {
             fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
@@ -182,7 +202,7 @@ mod tests {
         let mut ws = WebSocket::from_raw_socket(Duplex(Cursor::new(wire)), Role::Client, None);
         let mut got = Vec::new();
         while let Ok(m) = ws.read() {
-            got.push(m.into_data().to_vec());
+            got.push(m);
         }
         got
     }
@@ -196,16 +216,19 @@ mod tests {
             .collect();
         let mut b = Batch::default();
         for (i, p) in payloads.iter().enumerate() {
-            if i % 2 == 0 {
-                b.push(Payload::Owned(p.clone()));
-            } else {
-                b.push(Payload::Shared(Arc::new(LogFrame {
-                    seq: i as u64,
-                    time_us: 0,
-                    did_hash: 0,
-                    kind: 0,
-                    bytes: bytes::Bytes::from(p.clone()),
-                })));
+            match i % 3 {
+                0 => b.push(Payload::Owned(p.clone()), Kind::Binary),
+                1 => b.push(
+                    Payload::Shared(Arc::new(LogFrame {
+                        seq: i as u64,
+                        time_us: 0,
+                        did_hash: 0,
+                        kind: 0,
+                        bytes: bytes::Bytes::from(p.clone()),
+                    })),
+                    Kind::Binary,
+                ),
+                _ => b.push(Payload::Bytes(bytes::Bytes::from(p.clone())), Kind::Binary),
             }
         }
         let mut w = Trickle::default();
@@ -217,5 +240,24 @@ mod tests {
         assert!(b.is_empty());
         assert_eq!(b.len(), 0, "a written batch starts over");
         assert_eq!(client_reads(w.out), payloads);
+    }
+
+    #[test]
+    fn text_messages_arrive_as_text() {
+        let texts = ["{\"did\":\"did:plc:a\"}", "caf\u{e9} \u{1f600}", ""];
+        let mut b = Batch::default();
+        for t in texts {
+            b.push(Payload::Bytes(bytes::Bytes::from(t)), Kind::Text);
+        }
+        b.push(Payload::Owned(vec![0xff, 0x00]), Kind::Binary);
+        let mut w = Trickle::default();
+        while !b.write_to(&mut w).expect("no hard error") {}
+        let got = client_messages(w.out);
+        let want: Vec<tungstenite::Message> = texts
+            .iter()
+            .map(|t| tungstenite::Message::text(*t))
+            .chain([tungstenite::Message::binary(vec![0xff, 0x00])])
+            .collect();
+        assert_eq!(got, want);
     }
 }

@@ -1,27 +1,26 @@
-//! One downstream `subscribeRepos` consumer: cursor handling, then an endless loop that sends
-//! frames from the ring (or from the disk log when the consumer is behind the ring), answers
-//! the client's pings, pings idle clients, and gives up only on a client that makes no progress
-//! for the stall timeout.
+//! One downstream `subscribeRepos` consumer: cursor handling, then the shared delivery loop
+//! (`deliver`) sending every frame as it is, from the ring (or from the disk log when the
+//! consumer is behind the ring).
 //!
 //! No gap and no duplicate at the disk→ring→live hand-over: the consumer tracks the last seq it
 //! sent and always asks for the next one; the ring says whether it has it, has not got it yet,
 //! or has already dropped it (then the disk log, which was written before the ring, has it).
 
-use super::batch::{Batch, Payload};
-use super::eventlog::EventLog;
-use super::follow::Follower;
+use super::batch::{Kind, Payload};
+use super::deliver::{End, Feed, deliver};
+use super::eventlog::{EventLog, LogFrame};
+use super::outbox::Outbox;
 use super::registry::Registry;
 use super::ring::Ring;
 use crate::proto::frame;
 use crate::util::Hidden;
-use bytes::Bytes;
-use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-use tungstenite::protocol::{Role, WebSocketConfig};
-use tungstenite::{Message, WebSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
 
 /// Where a new consumer starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,55 +58,6 @@ pub struct Hub {
     pub(crate) config: FirehoseConfig,
     pub(crate) replay_budget: Arc<super::replay_budget::ReplayBudget>,
     pub(crate) shutdown: Arc<AtomicBool>,
-}
-
-/// The consumer's socket as tungstenite sees it: counts bytes sent, and bounds how long one
-/// flush may run. tungstenite retries partial writes in a loop, so against a client whose window
-/// opens a few bytes at a time a single flush could otherwise last forever.
-struct Counted {
-    inner: TcpStream,
-    written: Arc<AtomicU64>,
-    deadline: Option<Instant>,
-}
-
-impl Read for Counted {
-    /// Never waits. The consumer loop reads only to see whether the client sent something,
-    /// then parks on the ring; a socket read timeout would hold every idle turn (and the next
-    /// event) for a whole scheduler tick, since the kernel rounds it up to one (4 ms at HZ=250).
-    /// It is one `recv(MSG_DONTWAIT)`: writes must keep blocking, and switching the socket to
-    /// non-blocking and back around each read cost two more syscalls per wake-up.
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use nix::sys::socket::{MsgFlags, recv};
-        use std::os::fd::AsRawFd;
-        recv(self.inner.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)
-    }
-}
-
-impl Counted {
-    /// One write to the socket, refused once the deadline has passed, and counted.
-    fn counted(
-        &mut self,
-        w: impl FnOnce(&mut TcpStream) -> io::Result<usize>,
-    ) -> io::Result<usize> {
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = w(&mut self.inner)?;
-        self.written.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
-impl Write for Counted {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.counted(|s| s.write(buf))
-    }
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.counted(|s| s.write_vectored(bufs))
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// Metadata about the client, for the registry.
@@ -157,33 +107,27 @@ impl Hub {
 
     /// Runs a consumer on an upgraded connection until it ends.
     pub fn serve(&self, stream: TcpStream, start: Start, client: Client) {
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(1)));
-        let written = Arc::new(AtomicU64::new(0));
         let config = WebSocketConfig::default()
             .read_buffer_size(4 << 10)
             .max_message_size(Some(64 << 10))
             .max_frame_size(Some(64 << 10))
-            .max_write_buffer_size(64 << 20);
-        let mut ws = WebSocket::from_raw_socket(
-            Counted {
-                inner: stream,
-                written: written.clone(),
-                deadline: None,
-            },
-            Role::Server,
-            Some(config),
-        );
+            .max_write_buffer_size(1 << 20);
+        let mut out = Outbox::new(stream, config, Duration::from_secs(1));
         let after = match start {
             Start::Future => {
                 let f = frame::error_frame(
                     "FutureCursor",
                     Some("cursor is ahead of the relay's latest sequence number"),
                 );
-                let _ = ws.send(Message::Binary(Bytes::from(f)));
-                let _ = ws.close(None);
-                let _ = ws.flush();
+                let close = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "".into(),
+                };
+                out.finish(
+                    Some((Payload::Owned(f), Kind::Binary)),
+                    Some(close),
+                    Duration::from_secs(1),
+                );
                 metrics::counter!("rlay_consumer_rejected_total", "reason" => "future_cursor")
                     .increment(1);
                 return;
@@ -193,9 +137,8 @@ impl Hub {
                     "OutdatedCursor",
                     Some("cursor is older than the replay window; starting from the oldest event"),
                 );
-                if ws.send(Message::Binary(Bytes::from(f))).is_err() {
-                    return;
-                }
+                // The first thing the delivery loop writes.
+                out.push(Payload::Owned(f), Kind::Binary);
                 after
             }
             Start::After(a) => a,
@@ -209,7 +152,7 @@ impl Hub {
             reg.info.remote_addr,
             reg.info.user_agent
         );
-        let end = self.run(&mut ws, after, &reg.info, &written);
+        let end = deliver(self, &mut out, &mut Frames, after, &reg.info);
         log::info!(
             "firehose: consumer {} from {} disconnected after {} events: {end}",
             reg.info.id,
@@ -217,174 +160,28 @@ impl Hub {
             reg.info.events_sent.load(Ordering::Relaxed)
         );
     }
+}
 
-    fn run(
-        &self,
-        ws: &mut WebSocket<Counted>,
-        last: u64,
-        info: &super::registry::ConsumerInfo,
-        written: &AtomicU64,
-    ) -> &'static str {
-        let waiter = self.ring.register();
-        let mut follow = Follower::new(&self.ring, &self.log, &self.replay_budget, last);
-        // Frames go out as a `Batch`; tungstenite's own frames (pongs, pings, close) only
-        // between batches, and a batch only once those are flushed (see `batch`).
-        let mut batch = Batch::default();
-        let mut own_pending = false;
-        let mut progress_bytes = written.load(Ordering::Relaxed);
-        let mut last_progress = Instant::now();
-        let mut last_write = Instant::now();
-        let mut last_read = Instant::now();
-        loop {
-            if self.shutdown.load(Ordering::Relaxed) {
-                ws.get_mut().deadline = Some(Instant::now() + Duration::from_secs(1));
-                if matches!(batch.write_to(ws.get_mut()), Ok(true)) {
-                    let _ = ws.close(None);
-                    let _ = ws.flush();
-                }
-                return "relay shutting down";
-            }
-            // Every write in this iteration (frames, pongs, pings) must finish within a
-            // second; what does not fit stays queued for the next round.
-            ws.get_mut().deadline = Some(Instant::now() + Duration::from_secs(1));
-            let mut filled = 0u64;
-            let mut progressed = false;
-            if batch.is_empty() {
-                // Costs no syscall when tungstenite holds nothing (the usual case).
-                match ws.flush() {
-                    Ok(()) => {
-                        progressed = own_pending;
-                        own_pending = false;
-                    }
-                    Err(e) if crate::util::net::ws_timed_out(&e) => own_pending = true,
-                    Err(_) => return "write failed",
-                }
-            }
-            let was_pending = !batch.is_empty() || own_pending;
-            if batch.is_empty() && !own_pending {
-                // Queue up to ~64 KiB of frames, then write them at once.
-                while batch.len() < 64 << 10 {
-                    let f = match follow.next_frame() {
-                        Ok(Some(f)) => f,
-                        Ok(None) => break,
-                        Err(e) => {
-                            log::warn!(
-                                "firehose: consumer {} cannot read the event log: {e}",
-                                info.id
-                            );
-                            return "event log read error";
-                        }
-                    };
-                    info.cursor.store(f.seq, Ordering::Relaxed);
-                    if f.is_repo_event() && self.hidden.hides(f.did_hash) {
-                        continue;
-                    }
-                    batch.push(Payload::Shared(f));
-                    filled += 1;
-                }
-            }
-            if filled > 0 {
-                info.events_sent.fetch_add(filled, Ordering::Relaxed);
-                metrics::counter!("events_sent_counter").increment(filled);
-            }
-            // Progress means a whole batch reached the socket. Counting bytes instead would
-            // let a dead client live forever on the few KB that TCP autotuning trickles in.
-            if !batch.is_empty() {
-                match batch.write_to(ws.get_mut()) {
-                    Ok(done) => progressed |= done,
-                    Err(_) => return "write failed",
-                }
-            }
-            let pending = !batch.is_empty() || own_pending;
-            if progressed {
-                last_write = Instant::now();
-                last_progress = last_write;
-            }
-            if filled > 0 || was_pending {
-                let now_bytes = written.load(Ordering::Relaxed);
-                info.bytes_sent.store(now_bytes, Ordering::Relaxed);
-                metrics::counter!("rlay_consumer_bytes_sent_total")
-                    .increment(now_bytes - progress_bytes);
-                progress_bytes = now_bytes;
-                if pending && last_progress.elapsed() >= self.config.stall_timeout {
-                    return Self::too_slow(ws, &mut batch, own_pending);
-                }
-                if !pending && filled > 0 && last_read.elapsed() < Duration::from_secs(1) {
-                    continue;
-                }
-            } else {
-                last_progress = Instant::now();
-            }
-            // Service the client between batches: pings get pongs, a close ends us, anything
-            // else is ignored.
-            if batch.is_empty() && (last_read.elapsed() >= super::CLIENT_READ_EVERY || pending) {
-                last_read = Instant::now();
-                if let Some(end) = Self::read_client(ws) {
-                    return end;
-                }
-            }
-            if !pending && filled == 0 {
-                if last_write.elapsed() >= self.config.ping_interval {
-                    match ws.send(Message::Ping(Bytes::new())) {
-                        Ok(()) => last_write = Instant::now(),
-                        Err(e) if crate::util::net::ws_timed_out(&e) => own_pending = true,
-                        Err(_) => return "connection lost",
-                    }
-                }
-                waiter.wait(Duration::from_millis(100));
-            } else if pending {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
+/// The firehose sends every frame as it is, from the shared buffer.
+struct Frames;
+
+impl Feed for Frames {
+    fn queue(&mut self, f: Arc<LogFrame>, out: &mut Outbox) -> u64 {
+        out.push(Payload::Shared(f), Kind::Binary);
+        1
     }
 
-    /// Gives up on a consumer that made no progress: best effort, the client may still drain
-    /// its buffer and read why it was dropped, so the error frame is offered for a few seconds
-    /// after whatever was already queued.
-    fn too_slow(
-        ws: &mut WebSocket<Counted>,
-        batch: &mut Batch,
-        mut own_pending: bool,
-    ) -> &'static str {
-        metrics::counter!("rlay_consumer_rejected_total", "reason" => "too_slow").increment(1);
-        // Queued now, written only once tungstenite's pending bytes are out (a batch is empty
-        // while they are, so this frame is the batch's first or follows its frames).
-        batch.push(Payload::Owned(frame::error_frame(
-            "ConsumerTooSlow",
-            Some("no progress reading the stream"),
-        )));
-        let give_up = Instant::now() + Duration::from_secs(5);
-        ws.get_mut().deadline = Some(give_up);
-        while Instant::now() < give_up {
-            if own_pending {
-                match ws.flush() {
-                    Ok(()) => own_pending = false,
-                    Err(e) if crate::util::net::ws_timed_out(&e) => {}
-                    Err(_) => break,
-                }
-                continue;
-            }
-            match batch.write_to(ws.get_mut()) {
-                Ok(true) | Err(_) => break,
-                Ok(false) => {}
-            }
-        }
-        "ConsumerTooSlow"
+    fn counted(&mut self, messages: u64) {
+        metrics::counter!("events_sent_counter").increment(messages);
     }
 
-    /// Reads what the client sent without waiting: pings get pongs (tungstenite queues them),
-    /// a close or a broken connection ends the consumer with its reason.
-    fn read_client(ws: &mut WebSocket<Counted>) -> Option<&'static str> {
-        loop {
-            match ws.read() {
-                Ok(Message::Close(_)) => {
-                    let _ = ws.flush();
-                    return Some("client closed");
-                }
-                Ok(_) => continue,
-                Err(e) if crate::util::net::ws_timed_out(&e) => return None,
-                Err(_) => return Some("connection lost"),
-            }
-        }
+    /// Clients ignore what they send besides pings and a close.
+    fn client_message(&mut self, _: tungstenite::Message) -> Result<(), End> {
+        Ok(())
+    }
+
+    fn too_slow(&self) -> Option<(Payload, Kind)> {
+        let f = frame::error_frame("ConsumerTooSlow", Some("no progress reading the stream"));
+        Some((Payload::Owned(f), Kind::Binary))
     }
 }

@@ -1,10 +1,12 @@
 //! The output half of the relay: sequencer → disk log → ring → consumer threads.
 
 pub mod batch;
+pub mod deliver;
 pub mod eventlog;
 pub mod firehose;
 pub mod follow;
 pub mod logblock;
+pub mod outbox;
 pub mod registry;
 pub mod replay_budget;
 pub mod ring;
