@@ -7,7 +7,7 @@
 use super::encode::{Cache, Compressor, Encoded, Item};
 use super::params::{ClientMessage, Cursor, Filter, Options, client_message};
 use crate::stream::batch::{Kind, Payload};
-use crate::stream::deliver::{End, Feed, away, deliver, read_client};
+use crate::stream::deliver::{End, Feed, ROUND_WRITES, deliver, read_client, shut_down};
 use crate::stream::eventlog::LogFrame;
 use crate::stream::firehose::{Client, Hub};
 use crate::stream::outbox::Outbox;
@@ -185,10 +185,9 @@ impl Session<'_> {
         let mut pinged = Instant::now();
         loop {
             if hub.shutdown.load(Ordering::Relaxed) {
-                out.finish(None, Some(away()), Duration::from_secs(1));
-                return Err("relay shutting down".into());
+                return Err(shut_down(out));
             }
-            out.set_deadline(Duration::from_secs(1));
+            out.set_deadline(ROUND_WRITES);
             if out.flush_own().is_err() {
                 return Err("write failed".into());
             }

@@ -25,7 +25,10 @@ const BATCH_FRAMES: u64 = 1024;
 
 /// Every write of one round (frames, pongs, pings) must start within this; what does not fit
 /// stays queued for the next round.
-const ROUND_WRITES: Duration = Duration::from_secs(1);
+pub const ROUND_WRITES: Duration = Duration::from_secs(1);
+
+/// How long a consumer that is ending may spend telling its client why.
+pub const GOODBYE: Duration = Duration::from_secs(1);
 
 /// How a consumer ends, and what its client is told.
 pub struct End {
@@ -71,8 +74,7 @@ pub fn deliver(
     let mut streaming = false;
     loop {
         if hub.shutdown.load(Ordering::Relaxed) {
-            out.finish(None, Some(away()), Duration::from_secs(1));
-            return "relay shutting down".into();
+            return shut_down(out);
         }
         out.set_deadline(ROUND_WRITES);
         let Ok(mut progressed) = out.flush_own() else {
@@ -168,7 +170,7 @@ pub fn read_client(out: &mut Outbox, feed: &mut impl Feed) -> Result<(), String>
             Ok(Some(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
             Ok(Some(m)) => {
                 if let Err(end) = feed.client_message(m) {
-                    out.finish(None, end.close, Duration::from_secs(1));
+                    out.finish(None, end.close, GOODBYE);
                     return Err(end.why);
                 }
             }
@@ -180,7 +182,7 @@ pub fn read_client(out: &mut Outbox, feed: &mut impl Feed) -> Result<(), String>
                         code: CloseCode::Size,
                         reason: format!("read limited at {limit} bytes").into(),
                     }),
-                    Duration::from_secs(1),
+                    GOODBYE,
                 );
                 return Err("client message too large".into());
             }
@@ -189,10 +191,13 @@ pub fn read_client(out: &mut Outbox, feed: &mut impl Feed) -> Result<(), String>
     }
 }
 
-/// The close frame a shutting-down relay sends (Jetstream's reason text, 1001).
-pub fn away() -> CloseFrame {
-    CloseFrame {
+/// Ends a consumer because the relay is stopping: what is queued, then close 1001 with
+/// Jetstream's reason text. Returns why, for the log.
+pub fn shut_down(out: &mut Outbox) -> String {
+    let close = CloseFrame {
         code: CloseCode::Away,
         reason: "server shutting down".into(),
-    }
+    };
+    out.finish(None, Some(close), GOODBYE);
+    "relay shutting down".into()
 }

@@ -7,7 +7,7 @@
 //! or has already dropped it (then the disk log, which was written before the ring, has it).
 
 use super::batch::{Kind, Payload};
-use super::deliver::{End, Feed, deliver};
+use super::deliver::{End, Feed, GOODBYE, deliver};
 use super::eventlog::{EventLog, LogFrame};
 use super::outbox::Outbox;
 use super::registry::Registry;
@@ -126,7 +126,7 @@ impl Hub {
                 out.finish(
                     Some((Payload::Owned(f), Kind::Binary)),
                     Some(close),
-                    Duration::from_secs(1),
+                    GOODBYE,
                 );
                 metrics::counter!("rlay_consumer_rejected_total", "reason" => "future_cursor")
                     .increment(1);
