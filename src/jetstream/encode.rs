@@ -3,11 +3,13 @@
 //! `account` events; nothing for `#sync` or anything else. Each event's JSON, and its zstd frame
 //! for compressed consumers, is made once and shared (`Cache`).
 
-use crate::proto::car::Car;
-use crate::proto::cbor::value::Value;
+use crate::proto::car;
+use crate::proto::cbor::json;
+use crate::proto::cid::Cid;
 use crate::proto::frame::{self, Event};
 use crate::stream::eventlog::LogFrame;
 use bytes::Bytes;
+use std::io::Write as _;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 /// Jetstream v1's zstd dictionary (ID 1612007021), byte for byte: clients hold the same one.
@@ -56,14 +58,21 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-fn item(did: &str, time_us: i64, kind: &str, body: &[u8], collection: Option<String>) -> Item {
-    let mut out = Vec::with_capacity(body.len() + did.len() + 64);
+/// An event's JSON up to its body (`{"did":…,"time_us":…,"kind":K,"K":`), in the one buffer
+/// the body is then written into.
+fn head(did: &str, time_us: i64, kind: &str, body_len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body_len + did.len() + 64);
     out.extend_from_slice(b"{\"did\":");
     push_str(&mut out, did);
-    out.extend_from_slice(
-        format!(",\"time_us\":{time_us},\"kind\":\"{kind}\",\"{kind}\":").as_bytes(),
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        out,
+        ",\"time_us\":{time_us},\"kind\":\"{kind}\",\"{kind}\":"
     );
-    out.extend_from_slice(body);
+    out
+}
+
+fn item(time_us: i64, mut out: Vec<u8>, collection: Option<String>) -> Item {
     out.push(b'}');
     Item {
         time_us,
@@ -95,45 +104,52 @@ pub fn encode(f: &LogFrame) -> Encoded {
 fn encode_event(event: Event, time: i64, e: &mut Encoded) {
     match event {
         Event::Commit(c) => {
-            e.did = c.repo.clone();
-            let car = Car::parse_verified_earlier(&c.blocks).ok();
+            // A commit holds a handful of blocks: a scan finds each op's record without hashing
+            // every CID into a map. The relay checked them before it logged the frame.
+            let blocks: Vec<(Cid, &[u8])> = car::sections(&c.blocks)
+                .map(|(_, s)| s.map_while(Result::ok).collect())
+                .unwrap_or_default();
             for (k, op) in c.ops.iter().enumerate() {
                 let time_us = time + k as i64;
                 let Some((collection, rkey)) = op.path.split_once('/') else {
                     continue;
                 };
-                let mut body = Vec::with_capacity(256);
-                body.extend_from_slice(b"{\"rev\":");
-                push_str(&mut body, &c.rev);
-                body.extend_from_slice(b",\"operation\":");
-                push_str(&mut body, &op.action);
-                body.extend_from_slice(b",\"collection\":");
-                push_str(&mut body, collection);
-                body.extend_from_slice(b",\"rkey\":");
-                push_str(&mut body, rkey);
-                if op.action != "delete" {
-                    // A create or update whose record block is absent is left out.
-                    let Some(cid) = op.cid else { continue };
-                    let Some(block) = car.as_ref().and_then(|car| car.get(&cid)) else {
-                        continue;
-                    };
-                    let Ok(record) = Value::decode(block) else {
-                        continue;
-                    };
-                    body.extend_from_slice(b",\"record\":");
-                    record.write_json(&mut body);
-                    body.extend_from_slice(b",\"cid\":");
-                    push_str(&mut body, &cid.to_string());
-                }
-                body.push(b'}');
-                e.items.push(item(
+                // A create or update whose record block is absent is left out.
+                let record = match op.cid {
+                    _ if op.action == "delete" => None,
+                    Some(cid) => match blocks.iter().find(|b| b.0 == cid) {
+                        Some(&(_, block)) => Some((cid, block)),
+                        None => continue,
+                    },
+                    None => continue,
+                };
+                let mut out = head(
                     &c.repo,
                     time_us,
                     "commit",
-                    &body,
-                    Some(collection.to_owned()),
-                ));
+                    record.map_or(128, |r| r.1.len() * 2 + 192),
+                );
+                out.extend_from_slice(b"{\"rev\":");
+                push_str(&mut out, &c.rev);
+                out.extend_from_slice(b",\"operation\":");
+                push_str(&mut out, &op.action);
+                out.extend_from_slice(b",\"collection\":");
+                push_str(&mut out, collection);
+                out.extend_from_slice(b",\"rkey\":");
+                push_str(&mut out, rkey);
+                if let Some((cid, block)) = record {
+                    out.extend_from_slice(b",\"record\":");
+                    if json::write_json(block, &mut out).is_err() {
+                        continue;
+                    }
+                    // A CID's text form needs no escaping.
+                    let _ = write!(out, ",\"cid\":\"{cid}\"");
+                }
+                out.push(b'}');
+                e.items
+                    .push(item(time_us, out, Some(collection.to_owned())));
             }
+            e.did = c.repo;
         }
         Event::Identity(i) => {
             let mut body = serde_json::Map::new();
@@ -144,8 +160,9 @@ fn encode_event(event: Event, time: i64, e: &mut Encoded) {
             body.insert("seq".into(), i.seq.into());
             body.insert("time".into(), i.time.clone().into());
             let body = serde_json::Value::Object(body).to_string();
-            e.items
-                .push(item(&i.did, time, "identity", body.as_bytes(), None));
+            let mut out = head(&i.did, time, "identity", body.len());
+            out.extend_from_slice(body.as_bytes());
+            e.items.push(item(time, out, None));
             e.did = i.did;
         }
         Event::Account(a) => {
@@ -158,8 +175,9 @@ fn encode_event(event: Event, time: i64, e: &mut Encoded) {
             }
             body.insert("time".into(), a.time.clone().into());
             let body = serde_json::Value::Object(body).to_string();
-            e.items
-                .push(item(&a.did, time, "account", body.as_bytes(), None));
+            let mut out = head(&a.did, time, "account", body.len());
+            out.extend_from_slice(body.as_bytes());
+            e.items.push(item(time, out, None));
             e.did = a.did;
         }
         _ => {}

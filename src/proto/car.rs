@@ -37,6 +37,63 @@ impl BlockSource for HashMap<Cid, Vec<u8>> {
     }
 }
 
+/// A CAR's roots and its blocks in file order, unchecked and unindexed: for a reader that wants
+/// a few blocks of a CAR the relay verified before (Jetstream finds each record by a scan of a
+/// commit's handful of blocks, cheaper than hashing every CID into a map).
+pub fn sections(bytes: &[u8]) -> Result<(Vec<Cid>, Sections<'_>), CarError> {
+    let (hlen, n) = read_varint(bytes).ok_or(CarError::HeaderLength)?;
+    let hlen = usize::try_from(hlen).map_err(|_| CarError::HeaderLength)?;
+    if hlen == 0 || hlen > bytes.len() - n {
+        return Err(CarError::HeaderLength);
+    }
+    let roots = parse_header(&bytes[n..n + hlen])?;
+    Ok((
+        roots,
+        Sections {
+            bytes,
+            pos: n + hlen,
+        },
+    ))
+}
+
+/// The block sections after a CAR's header; a malformed one ends the walk with its error.
+pub struct Sections<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Sections<'a> {
+    fn section(&mut self) -> Result<(Cid, &'a [u8]), CarError> {
+        let bytes = self.bytes;
+        let (slen, n) = read_varint(&bytes[self.pos..]).ok_or(CarError::Section)?;
+        let pos = self.pos + n;
+        let slen = usize::try_from(slen).map_err(|_| CarError::Section)?;
+        if slen == 0 || slen > bytes.len() - pos {
+            return Err(CarError::Section);
+        }
+        let section = &bytes[pos..pos + slen];
+        self.pos = pos + slen;
+        let (cid, clen) = Cid::read_binary(section).map_err(|_| CarError::BlockCid)?;
+        Ok((cid, &section[clen..]))
+    }
+}
+
+impl<'a> Iterator for Sections<'a> {
+    type Item = Result<(Cid, &'a [u8]), CarError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.bytes.len() {
+            return None;
+        }
+        let next = self.section();
+        if next.is_err() {
+            // Nothing after a bad section can be framed.
+            self.pos = self.bytes.len();
+        }
+        Some(next)
+    }
+}
+
 /// A parsed CAR whose blocks have all been hash-checked.
 #[derive(Debug)]
 pub struct Car<'a> {
@@ -80,43 +137,13 @@ fn parse_header(h: &[u8]) -> Result<Vec<Cid>, CarError> {
 
 impl<'a> Car<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Car<'a>, CarError> {
-        Car::parse_inner(bytes, true)
-    }
-
-    /// `parse` without hashing each block against its CID: for frames the relay verified
-    /// before it logged them (a damaged block yields wrong data, never a panic).
-    pub fn parse_verified_earlier(bytes: &'a [u8]) -> Result<Car<'a>, CarError> {
-        Car::parse_inner(bytes, false)
-    }
-
-    fn parse_inner(bytes: &'a [u8], verify: bool) -> Result<Car<'a>, CarError> {
-        let (hlen, n) = read_varint(bytes).ok_or(CarError::HeaderLength)?;
-        let hlen = usize::try_from(hlen).map_err(|_| CarError::HeaderLength)?;
-        if hlen == 0 || hlen > bytes.len() - n {
-            return Err(CarError::HeaderLength);
-        }
-        let roots = parse_header(&bytes[n..n + hlen])?;
-        let mut pos = n + hlen;
+        let (roots, sections) = sections(bytes)?;
         // Every block costs at least 37 bytes; size the map from the input, not a length field.
-        let mut blocks = HashMap::with_capacity(((bytes.len() - pos) / 256).clamp(4, 1024));
+        let mut blocks = HashMap::with_capacity((bytes.len() / 256).clamp(4, 1024));
         let mut unverifiable = 0;
-        while pos < bytes.len() {
-            let (slen, n) = read_varint(&bytes[pos..]).ok_or(CarError::Section)?;
-            pos += n;
-            let slen = usize::try_from(slen).map_err(|_| CarError::Section)?;
-            if slen == 0 || slen > bytes.len() - pos {
-                return Err(CarError::Section);
-            }
-            let section = &bytes[pos..pos + slen];
-            pos += slen;
-            let (cid, clen) = Cid::read_binary(section).map_err(|_| CarError::BlockCid)?;
-            let data = &section[clen..];
-            let verified = if verify {
-                cid.verifies(data)
-            } else {
-                Some(true)
-            };
-            match verified {
+        for section in sections {
+            let (cid, data) = section?;
+            match cid.verifies(data) {
                 Some(true) => {
                     blocks.entry(cid).or_insert(data);
                 }

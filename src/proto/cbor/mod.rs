@@ -2,6 +2,7 @@
 
 pub mod decode;
 pub mod encode;
+pub mod json;
 pub mod value;
 
 pub use decode::{CborError, Kind, MAX_DEPTH, MAX_ITEMS, MapKeys, Reader, key_cmp};

@@ -1,0 +1,240 @@
+//! DAG-CBOR straight to the atproto data-model JSON, without building a `Value` first.
+//!
+//! Jetstream renders every record of every commit it sends; decoding each into a `Value` tree
+//! (an allocation per string, array and map) and then writing that out was most of its encode
+//! cost. This writes the JSON as it reads, with the same strict reader, and gives byte for byte
+//! what `Value::decode` then `Value::write_json` give: map keys sorted bytewise (DAG-CBOR's
+//! order is length-first, so most maps are re-ordered once written), `{"$link": ...}` for CIDs
+//! and `{"$bytes": ...}` (unpadded base64) for byte strings.
+
+use super::decode::{CborError, Kind, MAX_DEPTH, Reader};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use std::io::Write as _;
+
+/// Appends the JSON form of exactly one strict DAG-CBOR item to `out`; on an error `out` is left
+/// as it was.
+pub fn write_json(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), CborError> {
+    let start = out.len();
+    let mut r = Reader::new(bytes);
+    let mut scratch = Scratch::default();
+    let done = item(&mut r, MAX_DEPTH, out, &mut scratch).and_then(|()| r.finish());
+    if done.is_err() {
+        out.truncate(start);
+    }
+    done
+}
+
+/// Reused by every map of one item: the written entries' keys and spans, and room to re-order.
+#[derive(Default)]
+struct Scratch<'a> {
+    /// (key, start, end) in `out` of each entry of the maps being written, innermost last.
+    entries: Vec<(&'a str, usize, usize)>,
+    copy: Vec<u8>,
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    // Writing a &str to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+fn item<'a>(
+    r: &mut Reader<'a>,
+    depth: usize,
+    out: &mut Vec<u8>,
+    scratch: &mut Scratch<'a>,
+) -> Result<(), CborError> {
+    match r.peek_kind()? {
+        Kind::Unsigned | Kind::Negative => {
+            let _ = write!(out, "{}", r.i64()?);
+        }
+        Kind::Bytes => {
+            let b = r.bytes()?;
+            out.extend_from_slice(b"{\"$bytes\":\"");
+            out.extend_from_slice(STANDARD_NO_PAD.encode(b).as_bytes());
+            out.extend_from_slice(b"\"}");
+        }
+        Kind::Text => string(out, r.str()?),
+        Kind::Bool => out.extend_from_slice(if r.bool()? { b"true" } else { b"false" }),
+        Kind::Null => {
+            r.try_null()?;
+            out.extend_from_slice(b"null");
+        }
+        Kind::Tag => {
+            let _ = write!(out, "{{\"$link\":\"{}\"}}", r.cid()?);
+        }
+        Kind::Array => {
+            let n = r.array()?;
+            if n > 0 && depth == 0 {
+                return Err(CborError::Depth);
+            }
+            out.push(b'[');
+            for i in 0..n {
+                if i > 0 {
+                    out.push(b',');
+                }
+                item(r, depth - 1, out, scratch)?;
+            }
+            out.push(b']');
+        }
+        Kind::Map => {
+            let mut keys = r.map()?;
+            if !keys.is_empty() && depth == 0 {
+                return Err(CborError::Depth);
+            }
+            out.push(b'{');
+            let base = scratch.entries.len();
+            let mut sorted = true;
+            while let Some(k) = keys.next(r)? {
+                if scratch.entries.len() > base {
+                    out.push(b',');
+                }
+                let start = out.len();
+                string(out, k);
+                out.push(b':');
+                item(r, depth - 1, out, scratch)?;
+                // Entries of maps inside this value were popped when those maps closed.
+                if scratch.entries.len() > base && scratch.entries.last().is_some_and(|p| p.0 > k) {
+                    sorted = false;
+                }
+                scratch.entries.push((k, start, out.len()));
+            }
+            if !sorted {
+                reorder(out, base, scratch);
+            }
+            scratch.entries.truncate(base);
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites the entries from `scratch.entries[base..]` (the tail of `out`) in bytewise key order.
+fn reorder(out: &mut Vec<u8>, base: usize, scratch: &mut Scratch<'_>) {
+    let entries = &mut scratch.entries[base..];
+    let Some(from) = entries.first().map(|e| e.1) else {
+        return;
+    };
+    scratch.copy.clear();
+    scratch.copy.extend_from_slice(&out[from..]);
+    out.truncate(from);
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for (i, &(_, start, end)) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&scratch.copy[start - from..end - from]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::cbor::Value;
+    use crate::proto::cid::Cid;
+
+    fn via_value(bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        Value::decode(bytes).ok()?.write_json(&mut out);
+        Some(out)
+    }
+
+    fn streamed(bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut out = b"prefix".to_vec();
+        match write_json(bytes, &mut out) {
+            Ok(()) => Some(out.split_off(6)),
+            Err(_) => {
+                assert_eq!(out, b"prefix", "a failed item leaves the buffer as it was");
+                None
+            }
+        }
+    }
+
+    fn record() -> Value {
+        let s = |v: &str| Value::Str(v.into());
+        let cid = Cid::dag_cbor(b"\xa0");
+        let map = |e: Vec<(&str, Value)>| {
+            let mut e: Vec<(String, Value)> = e.into_iter().map(|(k, v)| (k.into(), v)).collect();
+            e.sort_by(|a, b| crate::proto::cbor::key_cmp(&a.0, &b.0));
+            Value::Map(e)
+        };
+        map(vec![
+            ("$type", s("app.bsky.feed.post")),
+            ("text", s("héllo \"wörld\" \n\u{1F600} \u{7}")),
+            ("createdAt", s("2026-12-03T00:00:00.000Z")),
+            ("langs", Value::Array(vec![s("en"), s("de")])),
+            ("n", Value::Int(-42)),
+            ("big", Value::Int(i64::MAX)),
+            ("ok", Value::Bool(true)),
+            ("none", Value::Null),
+            ("raw", Value::Bytes(vec![0, 1, 2, 255])),
+            ("empty", map(vec![])),
+            (
+                "embed",
+                map(vec![
+                    ("$type", s("app.bsky.embed.images")),
+                    (
+                        "images",
+                        Value::Array(vec![map(vec![
+                            ("alt", s("")),
+                            (
+                                "image",
+                                map(vec![
+                                    ("$type", s("blob")),
+                                    ("ref", Value::Link(cid)),
+                                    ("mimeType", s("image/jpeg")),
+                                    ("size", Value::Int(1234)),
+                                ]),
+                            ),
+                        ])]),
+                    ),
+                ]),
+            ),
+            (
+                "nested",
+                Value::Array(vec![Value::Array(vec![Value::Array(vec![])]), map(vec![])]),
+            ),
+        ])
+    }
+
+    #[test]
+    fn streams_what_the_value_tree_writes() {
+        let bytes = record().encode();
+        let want = via_value(&bytes).expect("valid record");
+        assert_eq!(streamed(&bytes), Some(want.clone()));
+        let json: serde_json::Value = serde_json::from_slice(&want).expect("JSON");
+        assert_eq!(
+            json["embed"]["images"][0]["image"]["mimeType"],
+            "image/jpeg"
+        );
+        // Keys come out bytewise: `$type` before `big`, `createdAt` before `text`.
+        let text = String::from_utf8(want).expect("UTF-8");
+        assert!(text.starts_with("{\"$type\":\"app.bsky.feed.post\",\"big\":"));
+    }
+
+    #[test]
+    fn refuses_what_the_strict_decoder_refuses() {
+        let bytes = record().encode();
+        for cut in 0..bytes.len() {
+            assert_eq!(streamed(&bytes[..cut]), None, "truncated at {cut}");
+        }
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert_eq!(streamed(&trailing), None);
+        // Keys out of canonical order, a float, an indefinite-length map.
+        for bad in [
+            &b"\xa2\x62bb\x01\x61a\x02"[..],
+            b"\xfb\x3f\xf0\0\0\0\0\0\0",
+            b"\xbf\x61a\x01\xff",
+        ] {
+            assert_eq!(streamed(bad), None);
+            assert_eq!(via_value(bad), None);
+        }
+        // Every single-byte corruption agrees with the tree's answer.
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x41;
+            assert_eq!(streamed(&b), via_value(&b), "byte {i} flipped");
+        }
+    }
+}
