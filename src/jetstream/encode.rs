@@ -9,7 +9,7 @@ use crate::proto::cid::Cid;
 use crate::proto::frame::{self, Event};
 use crate::stream::eventlog::LogFrame;
 use bytes::Bytes;
-use std::io::Write as _;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 /// Jetstream v1's zstd dictionary (ID 1612007021), byte for byte: clients hold the same one.
@@ -53,18 +53,13 @@ pub struct Encoded {
     pub items: Vec<Item>,
 }
 
-fn push_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a &str to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
 /// An event's JSON up to its body (`{"did":…,"time_us":…,"kind":K,"K":`), in the one buffer
 /// the body is then written into.
-fn head(did: &str, time_us: i64, kind: &str, body_len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body_len + did.len() + 64);
-    out.extend_from_slice(b"{\"did\":");
-    push_str(&mut out, did);
-    // Writing to a Vec cannot fail.
+fn head(did: &str, time_us: i64, kind: &str, body_len: usize) -> String {
+    let mut out = String::with_capacity(body_len + did.len() + 64);
+    out.push_str("{\"did\":");
+    json::string(&mut out, did);
+    // Writing to a String cannot fail.
     let _ = write!(
         out,
         ",\"time_us\":{time_us},\"kind\":\"{kind}\",\"{kind}\":"
@@ -72,14 +67,13 @@ fn head(did: &str, time_us: i64, kind: &str, body_len: usize) -> Vec<u8> {
     out
 }
 
-fn item(time_us: i64, mut out: Vec<u8>, collection: Option<String>) -> Item {
-    out.push(b'}');
+fn item(time_us: i64, mut out: String, collection: Option<String>) -> Item {
+    out.push('}');
     Item {
         time_us,
         collection_hash: collection.as_deref().map_or(0, crate::util::did_hash),
         collection,
-        // Only serde_json and ASCII went in; the check is the one UTF-8 validation it gets.
-        json: tungstenite::Utf8Bytes::try_from(out).unwrap_or_default(),
+        json: out.into(),
         zstd: OnceLock::new(),
     }
 }
@@ -129,23 +123,23 @@ fn encode_event(event: Event, time: i64, e: &mut Encoded) {
                     "commit",
                     record.map_or(128, |r| r.1.len() * 2 + 192),
                 );
-                out.extend_from_slice(b"{\"rev\":");
-                push_str(&mut out, &c.rev);
-                out.extend_from_slice(b",\"operation\":");
-                push_str(&mut out, &op.action);
-                out.extend_from_slice(b",\"collection\":");
-                push_str(&mut out, collection);
-                out.extend_from_slice(b",\"rkey\":");
-                push_str(&mut out, rkey);
+                out.push_str("{\"rev\":");
+                json::string(&mut out, &c.rev);
+                out.push_str(",\"operation\":");
+                json::string(&mut out, &op.action);
+                out.push_str(",\"collection\":");
+                json::string(&mut out, collection);
+                out.push_str(",\"rkey\":");
+                json::string(&mut out, rkey);
                 if let Some((cid, block)) = record {
-                    out.extend_from_slice(b",\"record\":");
+                    out.push_str(",\"record\":");
                     if json::write_json(block, &mut out).is_err() {
                         continue;
                     }
                     // A CID's text form needs no escaping.
                     let _ = write!(out, ",\"cid\":\"{cid}\"");
                 }
-                out.push(b'}');
+                out.push('}');
                 e.items
                     .push(item(time_us, out, Some(collection.to_owned())));
             }
@@ -161,7 +155,7 @@ fn encode_event(event: Event, time: i64, e: &mut Encoded) {
             body.insert("time".into(), i.time.clone().into());
             let body = serde_json::Value::Object(body).to_string();
             let mut out = head(&i.did, time, "identity", body.len());
-            out.extend_from_slice(body.as_bytes());
+            out.push_str(&body);
             e.items.push(item(time, out, None));
             e.did = i.did;
         }
@@ -176,7 +170,7 @@ fn encode_event(event: Event, time: i64, e: &mut Encoded) {
             body.insert("time".into(), a.time.clone().into());
             let body = serde_json::Value::Object(body).to_string();
             let mut out = head(&a.did, time, "account", body.len());
-            out.extend_from_slice(body.as_bytes());
+            out.push_str(&body);
             e.items.push(item(time, out, None));
             e.did = a.did;
         }

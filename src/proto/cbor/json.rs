@@ -5,16 +5,17 @@
 //! cost. This writes the JSON as it reads, with the same strict reader, and gives byte for byte
 //! what `Value::decode` then `Value::write_json` give: map keys sorted bytewise (DAG-CBOR's
 //! order is length-first, so most maps are re-ordered once written), `{"$link": ...}` for CIDs
-//! and `{"$bytes": ...}` (unpadded base64) for byte strings.
+//! and `{"$bytes": ...}` (unpadded base64) for byte strings. It writes into a `String`, so the
+//! event holding it needs no second UTF-8 check before it is sent as a text message.
 
 use super::decode::{CborError, Kind, MAX_DEPTH, Reader};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
-use std::io::Write as _;
+use std::fmt::Write as _;
 
 /// Appends the JSON form of exactly one strict DAG-CBOR item to `out`; on an error `out` is left
 /// as it was.
-pub fn write_json(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), CborError> {
+pub fn write_json(bytes: &[u8], out: &mut String) -> Result<(), CborError> {
     let start = out.len();
     let mut r = Reader::new(bytes);
     let mut scratch = Scratch::default();
@@ -30,18 +31,43 @@ pub fn write_json(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), CborError> {
 struct Scratch<'a> {
     /// (key, start, end) in `out` of each entry of the maps being written, innermost last.
     entries: Vec<(&'a str, usize, usize)>,
-    copy: Vec<u8>,
+    copy: String,
 }
 
-fn string(out: &mut Vec<u8>, s: &str) {
-    // Writing a &str to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+/// A JSON string, escaped as serde_json escapes it: `"`, `\` and control characters (`\n`,
+/// `\r`, `\t`, `\b`, `\f`, else `\u00xx`); everything else, non-ASCII included, as it is.
+pub fn string(out: &mut String, s: &str) {
+    out.push('"');
+    let mut clean = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let short = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // Every escaped byte is ASCII, so `clean..i` lies on character boundaries.
+        out.push_str(s.get(clean..i).unwrap_or_default());
+        if short.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(short);
+        }
+        clean = i + 1;
+    }
+    out.push_str(s.get(clean..).unwrap_or_default());
+    out.push('"');
 }
 
 fn item<'a>(
     r: &mut Reader<'a>,
     depth: usize,
-    out: &mut Vec<u8>,
+    out: &mut String,
     scratch: &mut Scratch<'a>,
 ) -> Result<(), CborError> {
     match r.peek_kind()? {
@@ -50,15 +76,15 @@ fn item<'a>(
         }
         Kind::Bytes => {
             let b = r.bytes()?;
-            out.extend_from_slice(b"{\"$bytes\":\"");
-            out.extend_from_slice(STANDARD_NO_PAD.encode(b).as_bytes());
-            out.extend_from_slice(b"\"}");
+            out.push_str("{\"$bytes\":\"");
+            STANDARD_NO_PAD.encode_string(b, out);
+            out.push_str("\"}");
         }
         Kind::Text => string(out, r.str()?),
-        Kind::Bool => out.extend_from_slice(if r.bool()? { b"true" } else { b"false" }),
+        Kind::Bool => out.push_str(if r.bool()? { "true" } else { "false" }),
         Kind::Null => {
             r.try_null()?;
-            out.extend_from_slice(b"null");
+            out.push_str("null");
         }
         Kind::Tag => {
             let _ = write!(out, "{{\"$link\":\"{}\"}}", r.cid()?);
@@ -68,30 +94,30 @@ fn item<'a>(
             if n > 0 && depth == 0 {
                 return Err(CborError::Depth);
             }
-            out.push(b'[');
+            out.push('[');
             for i in 0..n {
                 if i > 0 {
-                    out.push(b',');
+                    out.push(',');
                 }
                 item(r, depth - 1, out, scratch)?;
             }
-            out.push(b']');
+            out.push(']');
         }
         Kind::Map => {
             let mut keys = r.map()?;
             if !keys.is_empty() && depth == 0 {
                 return Err(CborError::Depth);
             }
-            out.push(b'{');
+            out.push('{');
             let base = scratch.entries.len();
             let mut sorted = true;
             while let Some(k) = keys.next(r)? {
                 if scratch.entries.len() > base {
-                    out.push(b',');
+                    out.push(',');
                 }
                 let start = out.len();
                 string(out, k);
-                out.push(b':');
+                out.push(':');
                 item(r, depth - 1, out, scratch)?;
                 // Entries of maps inside this value were popped when those maps closed.
                 if scratch.entries.len() > base && scratch.entries.last().is_some_and(|p| p.0 > k) {
@@ -103,27 +129,34 @@ fn item<'a>(
                 reorder(out, base, scratch);
             }
             scratch.entries.truncate(base);
-            out.push(b'}');
+            out.push('}');
         }
     }
     Ok(())
 }
 
 /// Rewrites the entries from `scratch.entries[base..]` (the tail of `out`) in bytewise key order.
-fn reorder(out: &mut Vec<u8>, base: usize, scratch: &mut Scratch<'_>) {
+fn reorder(out: &mut String, base: usize, scratch: &mut Scratch<'_>) {
     let entries = &mut scratch.entries[base..];
     let Some(from) = entries.first().map(|e| e.1) else {
         return;
     };
+    // Entries start and end at ASCII bytes (a quote, a closing bracket, a digit...), so every
+    // span lies on character boundaries.
     scratch.copy.clear();
-    scratch.copy.extend_from_slice(&out[from..]);
+    scratch.copy.push_str(out.get(from..).unwrap_or_default());
     out.truncate(from);
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
     for (i, &(_, start, end)) in entries.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.push(',');
         }
-        out.extend_from_slice(&scratch.copy[start - from..end - from]);
+        out.push_str(
+            scratch
+                .copy
+                .get(start - from..end - from)
+                .unwrap_or_default(),
+        );
     }
 }
 
@@ -140,11 +173,11 @@ mod tests {
     }
 
     fn streamed(bytes: &[u8]) -> Option<Vec<u8>> {
-        let mut out = b"prefix".to_vec();
+        let mut out = "prefix".to_string();
         match write_json(bytes, &mut out) {
-            Ok(()) => Some(out.split_off(6)),
+            Ok(()) => Some(out.split_off(6).into_bytes()),
             Err(_) => {
-                assert_eq!(out, b"prefix", "a failed item leaves the buffer as it was");
+                assert_eq!(out, "prefix", "a failed item leaves the buffer as it was");
                 None
             }
         }
@@ -210,6 +243,18 @@ mod tests {
         // Keys come out bytewise: `$type` before `big`, `createdAt` before `text`.
         let text = String::from_utf8(want).expect("UTF-8");
         assert!(text.starts_with("{\"$type\":\"app.bsky.feed.post\",\"big\":"));
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let mut every: String = (0u8..0x80).map(char::from).collect();
+        every.push_str("é✓日本語\u{1F600}\u{7f}\u{2028}");
+        for s in [every.as_str(), "", "plain", "\"", "a\\b\u{0}c", "end\n"] {
+            let mut out = String::from("x");
+            string(&mut out, s);
+            let want = serde_json::to_string(s).expect("a str serialises");
+            assert_eq!(out, format!("x{want}"), "{s:?}");
+        }
     }
 
     #[test]
