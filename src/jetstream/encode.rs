@@ -5,7 +5,6 @@
 
 use crate::proto::car;
 use crate::proto::cbor::json;
-use crate::proto::cid::Cid;
 use crate::proto::frame::{self, Event};
 use crate::stream::eventlog::LogFrame;
 use bytes::Bytes;
@@ -100,9 +99,7 @@ fn encode_event(event: Event, time: i64, e: &mut Encoded) {
         Event::Commit(c) => {
             // A commit holds a handful of blocks: a scan finds each op's record without hashing
             // every CID into a map. The relay checked them before it logged the frame.
-            let blocks: Vec<(Cid, &[u8])> = car::sections(&c.blocks)
-                .map(|(_, s)| s.map_while(Result::ok).collect())
-                .unwrap_or_default();
+            let sections = car::sections(&c.blocks).ok().map(|(_, s)| s);
             for (k, op) in c.ops.iter().enumerate() {
                 let time_us = time + k as i64;
                 let Some((collection, rkey)) = op.path.split_once('/') else {
@@ -111,8 +108,8 @@ fn encode_event(event: Event, time: i64, e: &mut Encoded) {
                 // A create or update whose record block is absent is left out.
                 let record = match op.cid {
                     _ if op.action == "delete" => None,
-                    Some(cid) => match blocks.iter().find(|b| b.0 == cid) {
-                        Some(&(_, block)) => Some((cid, block)),
+                    Some(cid) => match sections.clone().and_then(|s| s.find(&cid)) {
+                        Some(block) => Some((cid, block)),
                         None => continue,
                     },
                     None => continue,
@@ -137,7 +134,9 @@ fn encode_event(event: Event, time: i64, e: &mut Encoded) {
                         continue;
                     }
                     // A CID's text form needs no escaping.
-                    let _ = write!(out, ",\"cid\":\"{cid}\"");
+                    out.push_str(",\"cid\":\"");
+                    cid.write_text(&mut out);
+                    out.push('"');
                 }
                 out.push('}');
                 e.items

@@ -57,13 +57,15 @@ pub fn sections(bytes: &[u8]) -> Result<(Vec<Cid>, Sections<'_>), CarError> {
 }
 
 /// The block sections after a CAR's header; a malformed one ends the walk with its error.
+#[derive(Clone)]
 pub struct Sections<'a> {
     bytes: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Sections<'a> {
-    fn section(&mut self) -> Result<(Cid, &'a [u8]), CarError> {
+    /// The next section whole: its CID's bytes, then the block.
+    fn raw_section(&mut self) -> Result<&'a [u8], CarError> {
         let bytes = self.bytes;
         let (slen, n) = read_varint(&bytes[self.pos..]).ok_or(CarError::Section)?;
         let pos = self.pos + n;
@@ -71,10 +73,31 @@ impl<'a> Sections<'a> {
         if slen == 0 || slen > bytes.len() - pos {
             return Err(CarError::Section);
         }
-        let section = &bytes[pos..pos + slen];
         self.pos = pos + slen;
+        Ok(&bytes[pos..pos + slen])
+    }
+
+    fn section(&mut self) -> Result<(Cid, &'a [u8]), CarError> {
+        let section = self.raw_section()?;
         let (cid, clen) = Cid::read_binary(section).map_err(|_| CarError::BlockCid)?;
         Ok((cid, &section[clen..]))
+    }
+
+    /// The block of `cid`, found by comparing each section's leading bytes with the CID's binary
+    /// form (a CID is self-delimiting, so a section that starts with it is that CID's), without
+    /// parsing every section's CID: Jetstream looks up each op's record this way. `None` if it
+    /// is absent or a malformed section comes first.
+    pub fn find(mut self, cid: &Cid) -> Option<&'a [u8]> {
+        let want = cid.as_bytes();
+        // A digest's last bytes tell two CIDs apart at once; they are compared first.
+        let tail = want.len().saturating_sub(8)..want.len();
+        while self.pos < self.bytes.len() {
+            let section = self.raw_section().ok()?;
+            if section.get(tail.clone()) == want.get(tail.clone()) && section.starts_with(want) {
+                return section.get(want.len()..);
+            }
+        }
+        None
     }
 }
 

@@ -262,20 +262,28 @@ impl Cid {
 
 const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
+/// Lower-case RFC 4648 base32 without padding, into a stack buffer: a CID's text form is written
+/// for every record Jetstream sends, and pushing it a `char` at a time was most of its cost.
 fn base32_encode(data: &[u8], out: &mut String) {
+    let mut text = [0u8; (MAX_CID_BYTES * 8).div_ceil(5)];
+    let mut n = 0;
     let mut buf: u32 = 0;
     let mut bits = 0;
-    for &b in data {
+    for &b in data.iter().take(MAX_CID_BYTES) {
         buf = (buf << 8) | u32::from(b);
         bits += 8;
         while bits >= 5 {
             bits -= 5;
-            out.push(B32[((buf >> bits) & 31) as usize] as char);
+            text[n] = B32[((buf >> bits) & 31) as usize];
+            n += 1;
         }
     }
     if bits > 0 {
-        out.push(B32[((buf << (5 - bits)) & 31) as usize] as char);
+        text[n] = B32[((buf << (5 - bits)) & 31) as usize];
+        n += 1;
     }
+    // Every byte of the alphabet is ASCII.
+    out.push_str(std::str::from_utf8(&text[..n]).unwrap_or_default());
 }
 
 fn base32_decode(s: &[u8]) -> Option<Vec<u8>> {
@@ -302,11 +310,18 @@ fn base32_decode(s: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+impl Cid {
+    /// Appends the text form (`b` + base32), as `Display` writes it, without the formatter.
+    pub fn write_text(&self, out: &mut String) {
+        out.push('b');
+        base32_encode(self.as_bytes(), out);
+    }
+}
+
 impl fmt::Display for Cid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = String::with_capacity(1 + (self.len as usize * 8).div_ceil(5));
-        s.push('b');
-        base32_encode(self.as_bytes(), &mut s);
+        self.write_text(&mut s);
         f.write_str(&s)
     }
 }

@@ -82,6 +82,7 @@ pub fn deliver(
         };
         let (mut frames, mut queued) = (0u64, 0u64);
         if out.ready() {
+            let hidden = hub.hidden.view();
             while out.queued() < BATCH_BYTES && frames < BATCH_FRAMES {
                 let f = match follow.next_frame() {
                     Ok(Some(f)) => f,
@@ -98,7 +99,7 @@ pub fn deliver(
                 };
                 frames += 1;
                 info.cursor.store(f.seq, Ordering::Relaxed);
-                if f.is_repo_event() && hub.hidden.hides(f.did_hash) {
+                if f.is_repo_event() && hidden.hides(f.did_hash) {
                     continue;
                 }
                 queued += feed.queue(f, out);
