@@ -127,6 +127,7 @@ impl Jetstream {
             info: &reg.info,
             updated: false,
             bytes: 0,
+            counters: Counters::new(),
         };
         session.describe();
         metrics::gauge!("rlay_jetstream_consumers").increment(1.0);
@@ -161,6 +162,25 @@ struct Session<'a> {
     updated: bool,
     /// Payload bytes queued since the last count.
     bytes: u64,
+    counters: Counters,
+}
+
+/// Registered once per consumer: a lookup by name per batch was a measurable share of the
+/// thread.
+struct Counters {
+    events: metrics::Counter,
+    compressed_bytes: metrics::Counter,
+    plain_bytes: metrics::Counter,
+}
+
+impl Counters {
+    fn new() -> Counters {
+        Counters {
+            events: metrics::counter!("rlay_jetstream_events_sent_total"),
+            compressed_bytes: metrics::counter!("rlay_jetstream_bytes_sent_total", "compressed" => "true"),
+            plain_bytes: metrics::counter!("rlay_jetstream_bytes_sent_total", "compressed" => "false"),
+        }
+    }
 }
 
 impl Session<'_> {
@@ -228,10 +248,12 @@ impl Feed for Session<'_> {
     }
 
     fn counted(&mut self, messages: u64) {
-        let compressed = if self.compress { "true" } else { "false" };
-        metrics::counter!("rlay_jetstream_events_sent_total").increment(messages);
-        metrics::counter!("rlay_jetstream_bytes_sent_total", "compressed" => compressed)
-            .increment(std::mem::take(&mut self.bytes));
+        self.counters.events.increment(messages);
+        let bytes = match self.compress {
+            true => &self.counters.compressed_bytes,
+            false => &self.counters.plain_bytes,
+        };
+        bytes.increment(std::mem::take(&mut self.bytes));
     }
 
     /// An `options_update` replaces the filter; a bad one closes the connection with its code.

@@ -184,6 +184,9 @@ fn prepared() -> &'static zstd::dict::EncoderDictionary<'static> {
     DICT.get_or_init(|| zstd::dict::EncoderDictionary::copy(DICTIONARY, 1))
 }
 
+/// The v1 server's zstd window: 128 KiB.
+const WINDOW: usize = 128 << 10;
+
 /// Compressor contexts kept for reuse: making one per event was a tenth of a delivery's cost.
 const POOLED: usize = 4;
 
@@ -197,7 +200,7 @@ pub struct Compressor {
 impl Compressor {
     fn context() -> std::io::Result<zstd::bulk::Compressor<'static>> {
         let mut c = zstd::bulk::Compressor::with_prepared_dictionary(prepared())?;
-        c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(17))?;
+        c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(WINDOW.ilog2()))?;
         c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
         Ok(c)
     }
@@ -211,7 +214,20 @@ impl Compressor {
         let made = pooled
             .map_or_else(Compressor::context, Ok)
             .and_then(|mut c| {
-                let out = c.compress(json);
+                let out = if json.len() <= WINDOW {
+                    // One frame that fits the window needs none of the context's parameters:
+                    // the dictionary's own give the same bytes (content size and dictionary ID
+                    // in the header, one segment), without compress2 resolving them per event.
+                    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(json.len()));
+                    c.context_mut()
+                        .compress_using_cdict(&mut out, json, prepared().as_cdict())
+                        .map(|_| out)
+                        .map_err(|code| {
+                            std::io::Error::other(zstd::zstd_safe::get_error_name(code))
+                        })
+                } else {
+                    c.compress(json)
+                };
                 let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
                 if pool.len() < POOLED {
                     pool.push(c);
@@ -330,6 +346,29 @@ mod tests {
             did_hash: 0,
             kind: 0,
             bytes: Bytes::from(frame::encode(&event)),
+        }
+    }
+
+    #[test]
+    fn events_compress_to_frames_with_the_dictionary_id_and_content_size() {
+        let z = Compressor::default();
+        let mut dict = zstd::bulk::Decompressor::with_dictionary(DICTIONARY).expect("dictionary");
+        let small = br#"{"did":"did:plc:abc","time_us":1,"kind":"commit"}"#.to_vec();
+        // Past the window, where the context's own parameters are used instead.
+        let big: Vec<u8> = (0..WINDOW + 5_000).map(|i| b'a' + (i % 23) as u8).collect();
+        for json in [small, big] {
+            let frame = z.compress(&json);
+            assert_eq!(
+                zstd::zstd_safe::get_dict_id_from_frame(&frame),
+                Some(std::num::NonZeroU32::new(1_612_007_021).expect("nonzero")),
+                "the v1 dictionary's ID is in the header"
+            );
+            assert_eq!(
+                zstd::zstd_safe::get_frame_content_size(&frame).ok(),
+                Some(Some(json.len() as u64))
+            );
+            let back = dict.decompress(&frame, json.len()).expect("decodes");
+            assert_eq!(back, json);
         }
     }
 

@@ -68,6 +68,9 @@ pub fn deliver(
     let waiter = hub.ring.register();
     let mut follow = Follower::new(&hub.ring, &hub.log, &hub.replay_budget, last);
     let mut counted_bytes = out.bytes_written();
+    // Registered once: looking a counter up by name each round was a measurable share of a
+    // Jetstream thread.
+    let bytes_sent = metrics::counter!("rlay_consumer_bytes_sent_total");
     let mut last_progress = Instant::now();
     let mut last_write = Instant::now();
     let mut last_read = Instant::now();
@@ -126,7 +129,7 @@ pub fn deliver(
         let bytes = out.bytes_written();
         if bytes > counted_bytes {
             info.bytes_sent.store(bytes, Ordering::Relaxed);
-            metrics::counter!("rlay_consumer_bytes_sent_total").increment(bytes - counted_bytes);
+            bytes_sent.increment(bytes - counted_bytes);
             counted_bytes = bytes;
         }
         if pending && last_progress.elapsed() >= hub.config.stall_timeout {
