@@ -21,7 +21,7 @@
 //! `jetstream_cpu_overhead_pct` and the same for the plain consumers (A/B between runs: drift in
 //! the machine's speed shows in the yardstick), and `jetstream_threads_cpu_pct`: the CPU of the
 //! relay's Jetstream consumer threads (which also encode each event once) over the rest of the
-//! relay's, in the same runs.
+//! relay's, in the same runs. Each run's own figures go to stderr, so drift between runs shows.
 //!
 //! `--part NAME` runs one part.
 
@@ -461,6 +461,12 @@ fn relay_part() {
         ("without", harness::throughput(&[], 0, &nz)),
         ("mixed", harness::throughput(&mixed, 0, &nz)),
     ];
+    for (i, (name, t)) in runs.iter().enumerate() {
+        eprintln!(
+            "run {i} {name}: {:.1} us/event, Jetstream threads {:.2} us/event",
+            t.cpu_us_per_event, t.jetstream_cpu_us_per_event
+        );
+    }
     let mean = |name: &str, f: &dyn Fn(&Throughput) -> f64| {
         let v: Vec<f64> = runs
             .iter()
