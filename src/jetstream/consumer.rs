@@ -127,7 +127,7 @@ impl Jetstream {
             info: &reg.info,
             updated: false,
             bytes: 0,
-            counters: Counters::new(),
+            counters: Counters::new(opts.compress),
         };
         session.describe();
         metrics::gauge!("rlay_jetstream_consumers").increment(1.0);
@@ -169,16 +169,16 @@ struct Session<'a> {
 /// thread.
 struct Counters {
     events: metrics::Counter,
-    compressed_bytes: metrics::Counter,
-    plain_bytes: metrics::Counter,
+    /// Labelled with the consumer's compression, which is fixed when it connects.
+    bytes: metrics::Counter,
 }
 
 impl Counters {
-    fn new() -> Counters {
+    fn new(compress: bool) -> Counters {
+        let compressed = if compress { "true" } else { "false" };
         Counters {
             events: metrics::counter!("rlay_jetstream_events_sent_total"),
-            compressed_bytes: metrics::counter!("rlay_jetstream_bytes_sent_total", "compressed" => "true"),
-            plain_bytes: metrics::counter!("rlay_jetstream_bytes_sent_total", "compressed" => "false"),
+            bytes: metrics::counter!("rlay_jetstream_bytes_sent_total", "compressed" => compressed),
         }
     }
 }
@@ -249,11 +249,9 @@ impl Feed for Session<'_> {
 
     fn counted(&mut self, messages: u64) {
         self.counters.events.increment(messages);
-        let bytes = match self.compress {
-            true => &self.counters.compressed_bytes,
-            false => &self.counters.plain_bytes,
-        };
-        bytes.increment(std::mem::take(&mut self.bytes));
+        self.counters
+            .bytes
+            .increment(std::mem::take(&mut self.bytes));
     }
 
     /// An `options_update` replaces the filter; a bad one closes the connection with its code.

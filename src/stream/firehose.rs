@@ -152,7 +152,10 @@ impl Hub {
             reg.info.remote_addr,
             reg.info.user_agent
         );
-        let end = deliver(self, &mut out, &mut Frames, after, &reg.info);
+        let mut frames = Frames {
+            sent: metrics::counter!("events_sent_counter"),
+        };
+        let end = deliver(self, &mut out, &mut frames, after, &reg.info);
         log::info!(
             "firehose: consumer {} from {} disconnected after {} events: {end}",
             reg.info.id,
@@ -163,7 +166,10 @@ impl Hub {
 }
 
 /// The firehose sends every frame as it is, from the shared buffer.
-struct Frames;
+struct Frames {
+    /// Registered once, not looked up by name per batch.
+    sent: metrics::Counter,
+}
 
 impl Feed for Frames {
     fn queue(&mut self, f: Arc<LogFrame>, out: &mut Outbox) -> u64 {
@@ -172,7 +178,7 @@ impl Feed for Frames {
     }
 
     fn counted(&mut self, messages: u64) {
-        metrics::counter!("events_sent_counter").increment(messages);
+        self.sent.increment(messages);
     }
 
     /// Clients ignore what they send besides pings and a close.

@@ -142,8 +142,8 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Decodes and validates the head of the next item without consuming it.
-    fn head(&self) -> Result<Head, CborError> {
+    /// Decodes and validates the head of the next item without consuming it (for `take_*`).
+    pub(super) fn head(&self) -> Result<Head, CborError> {
         let input = self.dec.input();
         let pos = self.dec.position();
         let b = *input.get(pos).ok_or(CborError::Eof)?;
@@ -222,8 +222,9 @@ impl<'a> Reader<'a> {
         self.dec.set_position(pos + n);
     }
 
-    /// The `n` bytes after a head of `len` bytes, consumed with it; `Eof` if they are not there.
-    fn content(&mut self, h: Head) -> Result<&'a [u8], CborError> {
+    /// The `h.arg` bytes after head `h` (a byte or text string's), consumed with it; `Eof` if
+    /// they are not there.
+    pub(super) fn content(&mut self, h: Head) -> Result<&'a [u8], CborError> {
         let pos = self.dec.position();
         let start = pos + h.len;
         let n = usize::try_from(h.arg).map_err(|_| CborError::Eof)?;
@@ -236,11 +237,6 @@ impl<'a> Reader<'a> {
     /// The kind of the next item (validating its head).
     pub fn peek_kind(&self) -> Result<Kind, CborError> {
         Ok(self.head()?.kind)
-    }
-
-    /// The next item's validated head, for `take_*`.
-    pub(super) fn peek(&self) -> Result<Head, CborError> {
-        self.head()
     }
 
     fn expect(&self, kind: Kind, expected: &'static str) -> Result<Head, CborError> {
@@ -308,21 +304,11 @@ impl<'a> Reader<'a> {
 
     /// The text of a `Kind::Text` head.
     pub(super) fn take_str(&mut self, h: Head) -> Result<&'a str, CborError> {
-        let at = self.dec.position();
-        let bytes = self.content(h)?;
-        std::str::from_utf8(bytes).map_err(|_| {
-            self.dec.set_position(at);
-            CborError::Utf8
-        })
+        std::str::from_utf8(self.content(h)?).map_err(|_| CborError::Utf8)
     }
 
     pub fn bytes(&mut self) -> Result<&'a [u8], CborError> {
         let h = self.expect(Kind::Bytes, "bytes")?;
-        self.content(h)
-    }
-
-    /// The bytes of a `Kind::Bytes` head.
-    pub(super) fn take_bytes(&mut self, h: Head) -> Result<&'a [u8], CborError> {
         self.content(h)
     }
 
@@ -478,7 +464,7 @@ impl<'a> MapKeys<'a> {
             return Ok(None);
         }
         self.left -= 1;
-        let h = r.peek()?;
+        let h = r.head()?;
         if h.kind != Kind::Text {
             return Err(CborError::KeyType);
         }

@@ -91,13 +91,13 @@ fn item<'a>(
     out: &mut String,
     scratch: &mut Scratch<'a>,
 ) -> Result<(), CborError> {
-    let h = r.peek()?;
+    let h = r.head()?;
     match h.kind {
         Kind::Unsigned | Kind::Negative => {
             let _ = write!(out, "{}", r.take_i64(h)?);
         }
         Kind::Bytes => {
-            let b = r.take_bytes(h)?;
+            let b = r.content(h)?;
             out.push_str("{\"$bytes\":\"");
             STANDARD_NO_PAD.encode_string(b, out);
             out.push_str("\"}");
