@@ -320,13 +320,51 @@ pub fn jetstream_reader(
     (count, h)
 }
 
-/// The bare k256 check (one signature over a 32-byte digest with a known key), in µs of CPU,
-/// timed on every core at once: the relay run keeps all cores busy, and on a VM with shared
-/// (hyper-threaded) cores a check costs more then than on one core of an idle machine.
+/// The bare k256 check (one signature over a 32-byte digest with a known key: the `k256` crate's
+/// own `verify_prehash`, the floor), in µs of CPU, timed on every core at once: the relay
+/// run keeps all cores busy, and on a VM with shared (hyper-threaded) cores a check costs more
+/// then than on one core of an idle machine.
 pub fn signature_only_us() -> f64 {
+    on_every_core(|| {
+        use k256::ecdsa::signature::hazmat::PrehashVerifier;
+        let (key, cases) = signature_cases();
+        let vk =
+            k256::ecdsa::VerifyingKey::from_sec1_bytes(&key.public().compressed()).expect("key");
+        let sigs: Vec<([u8; 32], k256::ecdsa::Signature)> = cases
+            .iter()
+            .map(|(d, s)| (*d, k256::ecdsa::Signature::from_slice(s).expect("sig")))
+            .collect();
+        time_per_call(|| {
+            for (d, sig) in &sigs {
+                vk.verify_prehash(d, sig)
+                    .expect("calibration signature verifies");
+            }
+            sigs.len()
+        })
+    })
+}
+
+/// The same check as the relay makes it (`PublicKey::verify_digest`: rlay's own secp256k1
+/// verifier on k256's field arithmetic), timed the same way.
+pub fn signature_rlay_us() -> f64 {
+    on_every_core(|| {
+        let (key, cases) = signature_cases();
+        let public = key.public();
+        time_per_call(|| {
+            for (d, sig) in &cases {
+                public
+                    .verify_digest(d, sig)
+                    .expect("calibration signature verifies");
+            }
+            cases.len()
+        })
+    })
+}
+
+fn on_every_core(f: fn() -> f64) -> f64 {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let each: Vec<f64> = (0..cores)
-        .map(|_| std::thread::spawn(signature_only_us_one_core))
+        .map(|_| std::thread::spawn(f))
         .collect::<Vec<_>>()
         .into_iter()
         .map(|h| h.join().expect("calibration thread"))
@@ -334,27 +372,29 @@ pub fn signature_only_us() -> f64 {
     each.iter().sum::<f64>() / each.len() as f64
 }
 
-fn signature_only_us_one_core() -> f64 {
+/// A digest and its compact signature.
+type SignedDigest = ([u8; 32], [u8; 64]);
+
+fn signature_cases() -> (rlay::proto::crypto::PrivateKey, Vec<SignedDigest>) {
     use rlay::proto::crypto::{Curve, PrivateKey};
     use sha2::Digest as _;
     let key = PrivateKey::from_seed(Curve::K256, b"calibration");
-    let public = key.public();
-    let cases: Vec<([u8; 32], [u8; 64])> = (0..64u32)
+    let cases = (0..64u32)
         .map(|i| {
             let msg = format!("commit {i}");
             let digest: [u8; 32] = sha2::Sha256::digest(msg.as_bytes()).into();
             (digest, key.sign(msg.as_bytes()))
         })
         .collect();
+    (key, cases)
+}
+
+/// µs per check of `round` (which returns how many checks it made), over 2 s.
+fn time_per_call(mut round: impl FnMut() -> usize) -> f64 {
     let start = Instant::now();
-    let mut n = 0u64;
+    let mut n = 0usize;
     while start.elapsed() < Duration::from_secs(2) {
-        for (d, sig) in &cases {
-            public
-                .verify_digest(d, sig)
-                .expect("calibration signature verifies");
-            n += 1;
-        }
+        n += round();
     }
     start.elapsed().as_secs_f64() * 1e6 / n as f64
 }

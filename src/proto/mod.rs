@@ -9,5 +9,6 @@ pub mod commit;
 pub mod crypto;
 pub mod frame;
 pub mod mst;
+pub mod secp256k1;
 pub mod syntax;
 pub mod verify;
