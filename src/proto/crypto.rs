@@ -76,34 +76,9 @@ pub enum SigError {
 /// A verifying key on one of the two atproto curves.
 #[derive(Clone, PartialEq, Eq)]
 pub enum PublicKey {
-    K256(K256Key),
+    K256(k256::ecdsa::VerifyingKey),
     P256(p256::ecdsa::VerifyingKey),
 }
-
-/// A k256 key with its coordinates ready for the fast verifier ([`super::secp256k1`]): keys are
-/// parsed once per identity and used for every commit of that account.
-#[derive(Clone)]
-pub struct K256Key {
-    key: k256::ecdsa::VerifyingKey,
-    fast: super::secp256k1::Key,
-}
-
-impl K256Key {
-    fn new(key: k256::ecdsa::VerifyingKey) -> K256Key {
-        K256Key {
-            fast: super::secp256k1::Key::new(&key),
-            key,
-        }
-    }
-}
-
-impl PartialEq for K256Key {
-    fn eq(&self, other: &K256Key) -> bool {
-        self.key == other.key
-    }
-}
-
-impl Eq for K256Key {}
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -116,7 +91,7 @@ impl PublicKey {
     pub fn from_sec1(curve: Curve, bytes: &[u8]) -> Result<PublicKey, KeyError> {
         match curve {
             Curve::K256 => k256::ecdsa::VerifyingKey::from_sec1_bytes(bytes)
-                .map(|k| PublicKey::K256(K256Key::new(k)))
+                .map(PublicKey::K256)
                 .map_err(|_| KeyError::Point),
             Curve::P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(bytes)
                 .map(PublicKey::P256)
@@ -167,7 +142,7 @@ impl PublicKey {
     /// The 33-byte compressed point.
     pub fn compressed(&self) -> Vec<u8> {
         match self {
-            PublicKey::K256(k) => k.key.to_sec1_point(true).as_bytes().to_vec(),
+            PublicKey::K256(k) => k.to_sec1_point(true).as_bytes().to_vec(),
             PublicKey::P256(k) => k.to_sec1_point(true).as_bytes().to_vec(),
         }
     }
@@ -199,13 +174,12 @@ impl PublicKey {
                 if s.normalize_s() != s {
                     return Err(SigError::HighS);
                 }
-                match super::secp256k1::verify(&k.fast, digest, s.r().as_ref(), s.s().as_ref()) {
+                // The relay's own verifier (1.45x faster); k256's if it cannot decide.
+                let key = super::secp256k1::Key::new(k);
+                match super::secp256k1::verify(&key, digest, s.r().as_ref(), s.s().as_ref()) {
                     Some(true) => Ok(()),
                     Some(false) => Err(SigError::Invalid),
-                    None => k
-                        .key
-                        .verify_prehash(digest, &s)
-                        .map_err(|_| SigError::Invalid),
+                    None => k.verify_prehash(digest, &s).map_err(|_| SigError::Invalid),
                 }
             }
             PublicKey::P256(k) => {
@@ -270,7 +244,7 @@ impl PrivateKey {
 
     pub fn public(&self) -> PublicKey {
         match self {
-            PrivateKey::K256(k) => PublicKey::K256(K256Key::new(*k.verifying_key())),
+            PrivateKey::K256(k) => PublicKey::K256(*k.verifying_key()),
             PrivateKey::P256(k) => PublicKey::P256(*k.verifying_key()),
         }
     }

@@ -155,7 +155,9 @@ fn affine(p: &k256::AffinePoint) -> Affine {
     }
 }
 
-/// A verifying key made ready for [`verify`]: its affine coordinates.
+/// A verifying key made ready for [`verify`]: its affine coordinates. Made per check (tens of
+/// nanoseconds) rather than kept beside each cached identity, which would add 80 bytes to
+/// each of millions.
 #[derive(Clone, Copy, Debug)]
 pub struct Key(Affine);
 
@@ -569,10 +571,10 @@ mod tests {
         }
     }
 
-    /// Our answer against k256's on valid and broken signatures of many keys.
+    /// Our answer against k256's on valid and broken signatures of 1,000 keys.
     #[test]
     fn agrees_with_k256() {
-        for i in 0..300u32 {
+        for i in 0..1000u32 {
             let sk = SigningKey::from_slice(&sha(&i.to_le_bytes())).expect("key");
             let vk = *sk.verifying_key();
             let key = Key::new(&vk);
