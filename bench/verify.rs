@@ -1,8 +1,10 @@
 //! `cargo bench --bench verify`: decode + full verification (CAR hashes, commit, MST forward
-//! check and inversion, secp256k1 signature) of a typical 1-op commit into a repo of 2,000 records.
+//! check and inversion, secp256k1 signature) of a typical 1-op commit into a repo of 2,000
+//! records.
 //!
 //! Prints `commit_verify_us: X` and `commit_verify_per_core: N/s`, plus a breakdown
-//! (`signature_only_us`: the k256 crate's check; `signature_rlay_us`: the relay's, `proto::secp256k1`).
+//! (`signature_only_us`: the k256 crate's check; `signature_rlay_us`: the relay's own,
+//! `proto::secp256k1`).
 
 use bytes::Bytes;
 use rlay::proto::cbor::Value;
