@@ -2,7 +2,8 @@
 //!
 //! Pure: the caller supplies the account's key and stored state and gets back either the new
 //! state or an error naming the rule that failed. Checks run cheapest first, and the signature
-//! (the one expensive step: a k256 check is about half of the relay's CPU per event) runs last, so junk is rejected cheaply.
+//! (the one expensive step: about half of the relay's CPU per event) runs last, so junk is
+//! rejected cheaply.
 
 use crate::proto::car::{Car, CarError};
 use crate::proto::cbor::decode::is_wellformed_map;
