@@ -3,7 +3,7 @@
 //! of PLC operations (unverified: a test directory) and answers `/{did}/log/last` and
 //! `/{did}/data`, so a real PDS (Bluesky's reference implementation) can register accounts in it.
 
-use super::server::{self, respond_json};
+use super::server::{self, reply};
 use crate::proto::crypto::PublicKey;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -116,13 +116,13 @@ impl Plc {
         let op: Option<Value> =
             server::read_body(s, head, buf, 64 << 10).and_then(|b| serde_json::from_slice(&b).ok());
         let Some(op) = op else {
-            return respond_json(s, 400, &json!({"message": "expected a JSON operation"}));
+            return reply(s, 400, &json!({"message": "expected a JSON operation"}));
         };
         if op["type"] == "plc_tombstone" {
             self.tombstone(did);
         } else {
             let Some(doc) = document_of_op(did, &op) else {
-                return respond_json(s, 400, &json!({"message": "unsupported operation"}));
+                return reply(s, 400, &json!({"message": "unsupported operation"}));
             };
             self.set(did, doc);
         }
@@ -130,32 +130,32 @@ impl Plc {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(did.to_owned(), op);
-        respond_json(s, 200, &json!({}));
+        reply(s, 200, &json!({}));
     }
 
     /// Serves the directory on `listener`.
     pub fn serve(self: &Arc<Self>, listener: TcpListener) -> std::io::Result<SocketAddr> {
         let addr = listener.local_addr()?;
         let me = self.clone();
-        server::serve(
+        server::serve_kept(
             listener,
             "sim-plc".into(),
-            Arc::new(move |mut s, head, buf| {
+            Arc::new(move |s, head, buf| {
                 let path = crate::util::percent_decode(head.path().trim_start_matches('/'));
                 if head.method == "POST" {
-                    me.post(&mut s, &path, &head, &buf);
+                    me.post(s, &path, &head, &buf);
                     return;
                 }
                 if let Some((did, what)) = path.split_once('/') {
                     let ops = me.ops.read().unwrap_or_else(PoisonError::into_inner);
                     match (ops.get(did), what) {
-                        (Some(op), "log/last") => respond_json(&mut s, 200, op),
+                        (Some(op), "log/last") => reply(s, 200, op),
                         (Some(op), "data") => {
                             let mut d = op.clone();
                             d["did"] = json!(did);
-                            respond_json(&mut s, 200, &d)
+                            reply(s, 200, &d)
                         }
-                        _ => respond_json(&mut s, 404, &json!({"message": "not found"})),
+                        _ => reply(s, 404, &json!({"message": "not found"})),
                     }
                     return;
                 }
@@ -163,9 +163,9 @@ impl Plc {
                 me.wait_while_held();
                 let docs = me.docs.read().unwrap_or_else(PoisonError::into_inner);
                 match docs.get(&did) {
-                    Some(Entry::Live(doc)) => respond_json(&mut s, 200, doc),
+                    Some(Entry::Live(doc)) => reply(s, 200, doc),
                     Some(Entry::Tombstoned) => {
-                        respond_json(&mut s, 410, &json!({"message": "DID not available"}))
+                        reply(s, 410, &json!({"message": "DID not available"}))
                     }
                     None => {
                         drop(docs);
@@ -173,8 +173,8 @@ impl Plc {
                             .slow_unknown_ms
                             .load(std::sync::atomic::Ordering::Relaxed);
                         std::thread::sleep(std::time::Duration::from_millis(slow));
-                        respond_json(
-                            &mut s,
+                        reply(
+                            s,
                             404,
                             &json!({"message": format!("DID not registered: {did}")}),
                         )

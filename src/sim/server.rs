@@ -9,28 +9,62 @@ use std::time::Duration;
 
 pub type Handler = Arc<dyn Fn(TcpStream, Head, Vec<u8>) + Send + Sync>;
 
-/// Serves `listener` forever on a small-stack accept thread.
+/// Serves `listener` forever on a small-stack accept thread, one request per connection.
 pub fn serve(listener: TcpListener, name: String, handler: Handler) -> io::Result<()> {
+    accept(listener, name, move |mut stream| {
+        let mut buf = Vec::with_capacity(1024);
+        if let Ok(Some(head)) = read_head(&mut stream, &mut buf) {
+            handler(stream, head, buf);
+        }
+    })
+}
+
+/// A handler that answers on a connection it does not own, with [`reply`] (which keeps the
+/// connection open), so the connection can carry the next request.
+pub type KeptHandler = Arc<dyn Fn(&mut TcpStream, Head, Vec<u8>) + Send + Sync>;
+
+/// Serves `listener` like [`serve`], but each connection answers requests until the client
+/// hangs up or idles for 30 s: HTTP/1.1 keep-alive, as the real PLC directory does. Closing
+/// after every answer would cost the relay a TCP connect (and ureq a resolver thread) per DID
+/// lookup, which the production network does not.
+pub fn serve_kept(listener: TcpListener, name: String, handler: KeptHandler) -> io::Result<()> {
+    accept(listener, name, move |mut stream| {
+        loop {
+            // Clients do not pipeline (ureq waits for each answer), so what follows a request
+            // in the buffer is never the next one.
+            let mut buf = Vec::with_capacity(1024);
+            match read_head(&mut stream, &mut buf) {
+                Ok(Some(head)) => handler(&mut stream, head, buf),
+                _ => return,
+            }
+        }
+    })
+}
+
+/// The accept loop: a thread per connection running `conn`.
+fn accept(
+    listener: TcpListener,
+    name: String,
+    conn: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> io::Result<()> {
+    let conn = Arc::new(conn);
     std::thread::Builder::new()
         .name(name)
         .stack_size(128 << 10)
         .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut stream) = conn else {
+            for c in listener.incoming() {
+                let Ok(stream) = c else {
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 };
-                let h = handler.clone();
+                let conn = conn.clone();
                 let _ = std::thread::Builder::new()
                     .name("sim-conn".into())
                     .stack_size(512 << 10)
                     .spawn(move || {
                         let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
                         let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
-                        let mut buf = Vec::with_capacity(1024);
-                        if let Ok(Some(head)) = read_head(&mut stream, &mut buf) {
-                            h(stream, head, buf);
-                        }
+                        conn(stream);
                     });
             }
         })?;
@@ -61,20 +95,7 @@ pub fn bind(port: u16) -> io::Result<(TcpListener, SocketAddr)> {
 
 /// Writes a complete response and closes.
 pub fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        410 => "Gone",
-        _ => "Error",
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nServer: rlay-sim-pds\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body);
-    let _ = stream.flush();
+    write_response(stream, status, content_type, body, "close");
 }
 
 pub fn respond_json(stream: &mut TcpStream, status: u16, body: &serde_json::Value) {
@@ -84,6 +105,41 @@ pub fn respond_json(stream: &mut TcpStream, status: u16, body: &serde_json::Valu
         "application/json",
         body.to_string().as_bytes(),
     );
+}
+
+/// Writes a complete JSON response and keeps the connection open (for [`serve_kept`]).
+pub fn reply(stream: &mut TcpStream, status: u16, body: &serde_json::Value) {
+    let body = body.to_string();
+    write_response(
+        stream,
+        status,
+        "application/json",
+        body.as_bytes(),
+        "keep-alive",
+    );
+}
+
+fn write_response(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    connection: &str,
+) {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        410 => "Gone",
+        _ => "Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nServer: rlay-sim-pds\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body);
+    let _ = stream.flush();
 }
 
 pub fn xrpc_error(stream: &mut TcpStream, status: u16, error: &str, message: &str) {

@@ -109,7 +109,8 @@ fn index_equals_the_simulated_repos_and_forgets_deleted_accounts() {
     sim.world()
         .set_status(&dids[3], Status::Deleted)
         .expect("delete");
-    // Taken down by the relay: still indexed, but not listed.
+    // Taken down by the relay once it knows the account: still indexed, but not listed.
+    settle(&relay);
     let taken = dids[5].clone();
     let status = admin_post(
         &base(&relay),
