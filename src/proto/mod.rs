@@ -9,6 +9,7 @@ pub mod commit;
 pub mod crypto;
 pub mod frame;
 pub mod mst;
+pub mod scalar_inverse;
 pub mod secp256k1;
 pub mod syntax;
 pub mod verify;
