@@ -112,22 +112,7 @@ fn divsteps_62(mut eta: i64, mut f: u64, mut g: u64) -> (i64, Transition) {
 
 /// `(f, g) ← (u·f + v·g, q·f + r·g) / 2⁶²`; exact, since the batch cleared 62 low bits.
 fn update_fg(f: &mut Limbs, g: &mut Limbs, t: &Transition) {
-    let (u, v, q, r) = (t.u as i128, t.v as i128, t.q as i128, t.r as i128);
-    let mut cf = u * f[0] as i128 + v * g[0] as i128;
-    let mut cg = q * f[0] as i128 + r * g[0] as i128;
-    debug_assert!(cf as i64 & M62 == 0 && cg as i64 & M62 == 0);
-    cf >>= 62;
-    cg >>= 62;
-    for i in 1..5 {
-        cf += u * f[i] as i128 + v * g[i] as i128;
-        cg += q * f[i] as i128 + r * g[i] as i128;
-        f[i - 1] = cf as i64 & M62;
-        g[i - 1] = cg as i64 & M62;
-        cf >>= 62;
-        cg >>= 62;
-    }
-    f[4] = cf as i64;
-    g[4] = cg as i64;
+    combine(f, g, t, 0, 0);
 }
 
 /// `(d, e) ← (u·d + v·e, q·d + r·e) / 2⁶² mod n`, keeping both in (−2n, n).
@@ -139,27 +124,33 @@ fn update_de(d: &mut Limbs, e: &mut Limbs, t: &Transition) {
     let (sd, se) = (d[4] >> 63, e[4] >> 63);
     let mut md = (t.u & sd) + (t.v & se);
     let mut me = (t.q & sd) + (t.r & se);
+    let low = |a: i64, b: i64| (a as i128 * d[0] as i128 + b as i128 * e[0] as i128) as i64;
+    // md ≡ −(u·d + v·e) / n (mod 2⁶²), moved by less than 2⁶² from where it started.
+    md -= N_INV62.wrapping_mul(low(t.u, t.v)).wrapping_add(md) & M62;
+    me -= N_INV62.wrapping_mul(low(t.q, t.r)).wrapping_add(me) & M62;
+    combine(d, e, t, md, me);
+}
+
+/// `(a, b) ← (u·a + v·b + ma·n, q·a + r·b + mb·n) / 2⁶²`, the sums' low 62 bits being zero.
+fn combine(a: &mut Limbs, b: &mut Limbs, t: &Transition, ma: i64, mb: i64) {
     let (u, v, q, r) = (t.u as i128, t.v as i128, t.q as i128, t.r as i128);
-    let mut cd = u * d[0] as i128 + v * e[0] as i128;
-    let mut ce = q * d[0] as i128 + r * e[0] as i128;
-    // md ≡ −cd / n (mod 2⁶²), moved by less than 2⁶² from where it started.
-    md -= (N_INV62.wrapping_mul(cd as i64).wrapping_add(md)) & M62;
-    me -= (N_INV62.wrapping_mul(ce as i64).wrapping_add(me)) & M62;
-    cd += N[0] as i128 * md as i128;
-    ce += N[0] as i128 * me as i128;
-    debug_assert!(cd as i64 & M62 == 0 && ce as i64 & M62 == 0);
-    cd >>= 62;
-    ce >>= 62;
-    for i in 1..5 {
-        cd += u * d[i] as i128 + v * e[i] as i128 + N[i] as i128 * md as i128;
-        ce += q * d[i] as i128 + r * e[i] as i128 + N[i] as i128 * me as i128;
-        d[i - 1] = cd as i64 & M62;
-        e[i - 1] = ce as i64 & M62;
-        cd >>= 62;
-        ce >>= 62;
+    let (ma, mb) = (ma as i128, mb as i128);
+    let (mut ca, mut cb) = (0i128, 0i128);
+    for i in 0..5 {
+        let n = N[i] as i128;
+        ca += u * a[i] as i128 + v * b[i] as i128 + n * ma;
+        cb += q * a[i] as i128 + r * b[i] as i128 + n * mb;
+        if i == 0 {
+            debug_assert!(ca as i64 & M62 == 0 && cb as i64 & M62 == 0);
+        } else {
+            a[i - 1] = ca as i64 & M62;
+            b[i - 1] = cb as i64 & M62;
+        }
+        ca >>= 62;
+        cb >>= 62;
     }
-    d[4] = cd as i64;
-    e[4] = ce as i64;
+    a[4] = ca as i64;
+    b[4] = cb as i64;
 }
 
 /// `sign·d` reduced into [0, n), from `d` in (−2n, n).
