@@ -29,6 +29,8 @@ pub type KeptHandler = Arc<dyn Fn(&mut TcpStream, Head, Vec<u8>) + Send + Sync>;
 /// lookup, which the production network does not.
 pub fn serve_kept(listener: TcpListener, name: String, handler: KeptHandler) -> io::Result<()> {
     accept(listener, name, move |mut stream| {
+        // Answers go out whole, at once, as a production server's do.
+        let _ = stream.set_nodelay(true);
         loop {
             // Clients do not pipeline (ureq waits for each answer), so what follows a request
             // in the buffer is never the next one.
@@ -137,8 +139,12 @@ fn write_response(
         "HTTP/1.1 {status} {reason}\r\nServer: rlay-sim-pds\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {connection}\r\n\r\n",
         body.len()
     );
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body);
+    // One write: on a connection that stays open, a second small write would wait for the
+    // client's delayed ACK (Nagle), 40 ms per answer.
+    let mut whole = Vec::with_capacity(head.len() + body.len());
+    whole.extend_from_slice(head.as_bytes());
+    whole.extend_from_slice(body);
+    let _ = stream.write_all(&whole);
     let _ = stream.flush();
 }
 
