@@ -26,7 +26,7 @@ const M62: i64 = (1 << 62) - 1;
 type Limbs = [i64; 5];
 
 /// The group order `n`, big-endian.
-const ORDER: [u8; 32] = [
+pub(super) const ORDER: [u8; 32] = [
     0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe,
     0xba, 0xae, 0xdc, 0xe6, 0xaf, 0x48, 0xa0, 0x3b, 0xbf, 0xd2, 0x5e, 0x8c, 0xd0, 0x36, 0x41, 0x41,
 ];
@@ -213,12 +213,7 @@ fn to_scalar(d: Limbs) -> Option<Scalar> {
 
 /// 32 big-endian bytes as limbs.
 const fn limbs_of(bytes: &[u8; 32]) -> Limbs {
-    let mut w = [0u64; 4];
-    let mut i = 0;
-    while i < 32 {
-        w[3 - i / 8] |= (bytes[i] as u64) << (8 * (7 - i % 8));
-        i += 1;
-    }
+    let w = super::secp256k1::limbs(bytes);
     let m = M62 as u64;
     [
         (w[0] & m) as i64,

@@ -105,13 +105,13 @@ fn scalar(hex: &str) -> Scalar {
     scalar_from(hex32(hex))
 }
 
-/// Little-endian u64 limbs of a big-endian 32-byte value.
-fn limbs(bytes: &[u8; 32]) -> [u64; 4] {
+/// Little-endian u64 limbs of a big-endian 32-byte value (`const` for `scalar_inverse`'s `n`).
+pub(super) const fn limbs(bytes: &[u8; 32]) -> [u64; 4] {
     let mut out = [0u64; 4];
-    for (i, l) in out.iter_mut().enumerate() {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&bytes[32 - 8 * (i + 1)..32 - 8 * i]);
-        *l = u64::from_be_bytes(w);
+    let mut i = 0;
+    while i < 32 {
+        out[3 - i / 8] = out[3 - i / 8] << 8 | bytes[i] as u64;
+        i += 1;
     }
     out
 }
@@ -138,9 +138,7 @@ fn constants() -> &'static Constants {
             beta: fe(hex32(
                 "7ae96a2b657c07106e64479eac3434e99cf0497512f58995c1396c28719501ee",
             )),
-            order: fe(hex32(
-                "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141",
-            )),
+            order: fe(super::scalar_inverse::ORDER),
             p_minus_n: hex32("000000000000000000000000000000014551231950b75fc4402da1722fc9baee"),
             minus_lambda: scalar(
                 "ac9c52b33fa3cf1f5ad9e3fd77ed9ba4a880b9fc8ec739c2e0cfc810b51283cf",

@@ -101,23 +101,22 @@ pub fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &[
 }
 
 pub fn respond_json(stream: &mut TcpStream, status: u16, body: &serde_json::Value) {
-    respond(
-        stream,
-        status,
-        "application/json",
-        body.to_string().as_bytes(),
-    );
+    write_json(stream, status, body, "close");
 }
 
 /// Writes a complete JSON response and keeps the connection open (for [`serve_kept`]).
 pub fn reply(stream: &mut TcpStream, status: u16, body: &serde_json::Value) {
+    write_json(stream, status, body, "keep-alive");
+}
+
+fn write_json(stream: &mut TcpStream, status: u16, body: &serde_json::Value, connection: &str) {
     let body = body.to_string();
     write_response(
         stream,
         status,
         "application/json",
         body.as_bytes(),
-        "keep-alive",
+        connection,
     );
 }
 
