@@ -85,7 +85,7 @@ pub fn encode(f: &LogFrame) -> Encoded {
         did_hash: 0,
         items: Vec::new(),
     };
-    let Ok(event) = frame::decode(&f.bytes) else {
+    let Ok(event) = frame::decode_sequenced(&f.bytes) else {
         return e;
     };
     encode_event(event, f.time_us, &mut e);

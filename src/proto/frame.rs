@@ -182,13 +182,19 @@ fn split(frame: &[u8]) -> Result<(i64, Option<&str>, usize), FrameError> {
     r.finish()?;
 
     // Pass 2: typed.
-    let mut h = Reader::new(&frame[..body_start]);
+    let (op, t, _) = typed_header(&frame[..body_start])?;
+    Ok((op, t, body_start))
+}
+
+/// The header's `op` and `t`, and where the body starts.
+fn typed_header(frame: &[u8]) -> Result<(i64, Option<&str>, usize), FrameError> {
+    let mut h = Reader::new(frame);
     let (op, t) = read_header(&mut h).map_err(|_| FrameError::Header("header is not a map"))?;
     let op = op.ok_or(FrameError::Header("header has no integer `op`"))?;
     if op == 1 && t.is_none() {
         return Err(FrameError::Header("message header has no `t`"));
     }
-    Ok((op, t, body_start))
+    Ok((op, t, h.position()))
 }
 
 /// What a host thread learns of a frame before handing it on, without allocating.
@@ -239,6 +245,28 @@ pub fn peek(frame: &[u8]) -> Result<Peek<'_>, FrameError> {
 /// Decodes one binary WebSocket frame.
 pub fn decode(frame: &Bytes) -> Result<Event, FrameError> {
     let (op, t, body_start) = split(frame)?;
+    decode_body(frame, op, t, body_start)
+}
+
+/// Decodes a frame the relay sequenced (from its ring or disk log), for Jetstream: the typed
+/// reading of [`decode`] without its first pass over the whole frame, which checks canonical
+/// form the relay already checked when the frame arrived (and kept when it re-encoded it). That
+/// pass was a fifth of turning an event into Jetstream JSON. Still bounds-checked throughout: a
+/// damaged log record is an error, never a panic.
+pub fn decode_sequenced(frame: &Bytes) -> Result<Event, FrameError> {
+    let (op, t, body_start) = typed_header(frame)?;
+    if body_start >= frame.len() {
+        return Err(FrameError::Header("frame has no body"));
+    }
+    decode_body(frame, op, t, body_start)
+}
+
+fn decode_body(
+    frame: &Bytes,
+    op: i64,
+    t: Option<&str>,
+    body_start: usize,
+) -> Result<Event, FrameError> {
     let body = &frame[body_start..];
     match op {
         1 => {
@@ -742,6 +770,11 @@ mod tests {
         }
         let d = decode(&bytes).expect("decodes strictly");
         assert_eq!(d, e);
+        assert_eq!(
+            decode_sequenced(&bytes).as_ref(),
+            Ok(&e),
+            "the relay's own frames"
+        );
         let want = match &e {
             Event::Info(_) | Event::Error(_) | Event::Unknown { .. } => Peek::Other,
             _ => Peek::Repo {
@@ -811,6 +844,44 @@ mod tests {
             error: "FutureCursor".into(),
             message: Some("m".into()),
         }));
+    }
+
+    /// Without the canonical pass, a damaged or cut log record is still an error, never a
+    /// panic or a different event read as valid from the wrong bytes.
+    #[test]
+    fn sequenced_decode_refuses_damaged_frames() {
+        let c = Cid::dag_cbor(b"x");
+        let bytes = encode(&Event::Identity(IdentityEvent {
+            seq: 2,
+            did: "did:plc:abc".into(),
+            time: "t".into(),
+            handle: Some("a.test".into()),
+        }));
+        for cut in 0..bytes.len() {
+            assert!(decode_sequenced(&Bytes::copy_from_slice(&bytes[..cut])).is_err());
+        }
+        let commit = encode(&Event::Commit(CommitEvent {
+            seq: 5,
+            rebase: false,
+            too_big: false,
+            repo: "did:plc:abc".into(),
+            commit: c,
+            rev: "3lhhxizu5wr2d".into(),
+            since: None,
+            blocks: Bytes::from_static(b"\x01\x02"),
+            ops: vec![],
+            blobs: vec![],
+            prev_data: None,
+            time: "2024-01-01T00:00:00Z".into(),
+        }));
+        for at in 0..commit.len() {
+            for flip in [0x01, 0x20, 0x80, 0xff] {
+                let mut b = commit.clone();
+                b[at] ^= flip;
+                // Either refused or, where the flip lands in a value, decoded as some event.
+                let _ = decode_sequenced(&Bytes::from(b));
+            }
+        }
     }
 
     #[test]
