@@ -786,36 +786,41 @@ mod tests {
         assert_eq!(encode(&d), bytes.to_vec());
     }
 
-    #[test]
-    fn all_types_round_trip() {
-        let c = Cid::dag_cbor(b"x");
-        round_trip(Event::Commit(CommitEvent {
+    /// A commit event with `ops` (the other fields are fixed).
+    fn commit_event(ops: Vec<RepoOp>) -> CommitEvent {
+        CommitEvent {
             seq: 5,
             rebase: false,
             too_big: false,
             repo: "did:plc:abc".into(),
-            commit: c,
+            commit: Cid::dag_cbor(b"x"),
             rev: "3lhhxizu5wr2d".into(),
             since: None,
             blocks: Bytes::from_static(b"\x01\x02"),
-            ops: vec![
-                RepoOp {
-                    action: "create".into(),
-                    path: "a.b.c/x".into(),
-                    cid: Some(c),
-                    prev: None,
-                },
-                RepoOp {
-                    action: "delete".into(),
-                    path: "a.b.c/y".into(),
-                    cid: None,
-                    prev: Some(c),
-                },
-            ],
+            ops,
             blobs: vec![],
-            prev_data: Some(c),
+            prev_data: Some(Cid::dag_cbor(b"x")),
             time: "2024-01-01T00:00:00Z".into(),
-        }));
+        }
+    }
+
+    #[test]
+    fn all_types_round_trip() {
+        let c = Cid::dag_cbor(b"x");
+        round_trip(Event::Commit(commit_event(vec![
+            RepoOp {
+                action: "create".into(),
+                path: "a.b.c/x".into(),
+                cid: Some(c),
+                prev: None,
+            },
+            RepoOp {
+                action: "delete".into(),
+                path: "a.b.c/y".into(),
+                cid: None,
+                prev: Some(c),
+            },
+        ])));
         round_trip(Event::Sync(SyncEvent {
             seq: 1,
             did: "did:plc:abc".into(),
@@ -850,7 +855,6 @@ mod tests {
     /// panic or a different event read as valid from the wrong bytes.
     #[test]
     fn sequenced_decode_refuses_damaged_frames() {
-        let c = Cid::dag_cbor(b"x");
         let bytes = encode(&Event::Identity(IdentityEvent {
             seq: 2,
             did: "did:plc:abc".into(),
@@ -860,20 +864,7 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(decode_sequenced(&Bytes::copy_from_slice(&bytes[..cut])).is_err());
         }
-        let commit = encode(&Event::Commit(CommitEvent {
-            seq: 5,
-            rebase: false,
-            too_big: false,
-            repo: "did:plc:abc".into(),
-            commit: c,
-            rev: "3lhhxizu5wr2d".into(),
-            since: None,
-            blocks: Bytes::from_static(b"\x01\x02"),
-            ops: vec![],
-            blobs: vec![],
-            prev_data: None,
-            time: "2024-01-01T00:00:00Z".into(),
-        }));
+        let commit = encode(&Event::Commit(commit_event(vec![])));
         for at in 0..commit.len() {
             for flip in [0x01, 0x20, 0x80, 0xff] {
                 let mut b = commit.clone();
