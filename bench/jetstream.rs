@@ -31,7 +31,7 @@ mod procstat;
 
 use bytes::Bytes;
 use harness::Throughput;
-use rlay::jetstream::encode::{Compressor, encode};
+use rlay::jetstream::encode::{Compressor, Item, encode};
 use rlay::jetstream::params::Filter;
 use rlay::proto::cbor::value::Value;
 use rlay::proto::crypto::{Curve, PrivateKey};
@@ -195,37 +195,28 @@ fn log_frames(events: &[Event]) -> Vec<LogFrame> {
 fn encode_part(frames: &[LogFrame]) {
     // Each pass over the frames is a tenth of a second, so one pass read ±10% from run to run
     // (the first also pays for first-touching its output): the best of five.
-    let best = |pass: &dyn Fn() -> usize| {
+    let best = |pass: &dyn Fn() -> (usize, usize)| {
         (0..5)
             .map(|_| {
                 let started = Instant::now();
                 let n = pass();
                 (started.elapsed().as_secs_f64(), n)
             })
-            .fold((f64::MAX, 0), |a, b| if b.0 < a.0 { b } else { a })
+            .fold((f64::MAX, (0, 0)), |a, b| if b.0 < a.0 { b } else { a })
+    };
+    // Each pass gives (events, bytes) summed over the frames.
+    let sum = |per_item: &dyn Fn(&Item) -> usize| -> (usize, usize) {
+        frames.iter().fold((0, 0), |(n, bytes), f| {
+            let e = encode(f);
+            let b: usize = e.items.iter().map(per_item).sum();
+            (n + e.items.len(), bytes + b)
+        })
     };
     // JSON only, one core.
-    let (secs, json_bytes) = best(&|| {
-        frames
-            .iter()
-            .map(|f| encode(f).items.iter().map(|i| i.json.len()).sum::<usize>())
-            .sum()
-    });
-    let events: usize = frames.iter().map(|f| encode(f).items.len()).sum();
+    let (secs, (events, json_bytes)) = best(&|| sum(&|i| i.json.len()));
     // JSON and one zstd frame per event.
     let z = Compressor::default();
-    let (zsecs, zstd_bytes) = best(&|| {
-        frames
-            .iter()
-            .map(|f| {
-                encode(f)
-                    .items
-                    .iter()
-                    .map(|i| i.zstd(&z).len())
-                    .sum::<usize>()
-            })
-            .sum()
-    });
+    let (zsecs, (_, zstd_bytes)) = best(&|| sum(&|i| i.zstd(&z).len()));
     println!("frames: {} frames", frames.len());
     println!("jetstream_events: {events} events");
     println!(

@@ -851,8 +851,9 @@ mod tests {
         }));
     }
 
-    /// Without the canonical pass, a damaged or cut log record is still an error, never a
-    /// panic or a different event read as valid from the wrong bytes.
+    /// Without the canonical pass, a cut log record is still an error, and no damaged byte
+    /// makes the reader panic (a flip inside a value may still read as some event: the log's
+    /// CRC, not the decoder, catches those).
     #[test]
     fn sequenced_decode_refuses_damaged_frames() {
         let bytes = encode(&Event::Identity(IdentityEvent {

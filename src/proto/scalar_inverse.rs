@@ -37,17 +37,29 @@ const N: Limbs = limbs_of(&ORDER);
 /// `n⁻¹ mod 2⁶²`, which makes each division of `d` and `e` by 2⁶² exact.
 const N_INV62: i64 = inverse_mod_2_64(N[0] as u64) as i64 & M62;
 
+/// Batches of 62 divsteps that always end with g = 0: Bernstein and Yang prove at most
+/// ⌊(49·256 + 57) / 17⌋ = 741 divsteps for 256-bit inputs, and each batch is exactly 62.
+const MAX_BATCHES: usize = 741_usize.div_ceil(62);
+
 /// `x⁻¹ mod n`; `None` for 0.
 pub fn invert(x: &Scalar) -> Option<Scalar> {
     let bytes: [u8; 32] = x.to_bytes().into();
     let (mut f, mut g) = (N, limbs_of(&bytes));
     let (mut d, mut e): (Limbs, Limbs) = ([0; 5], [1, 0, 0, 0, 0]);
     let mut eta: i64 = -1;
-    while g != [0; 5] {
+    for _ in 0..MAX_BATCHES {
+        if g == [0; 5] {
+            break;
+        }
         let t;
         (eta, t) = divsteps_62(eta, f[0] as u64, g[0] as u64);
         update_de(&mut d, &mut e, &t);
         update_fg(&mut f, &mut g, &t);
+    }
+    if g != [0; 5] {
+        // Past the proven bound, which no input reaches: the caller falls back to k256
+        // rather than loop on a value from the network.
+        return None;
     }
     // gcd(n, x) is 1 unless x is 0 (n is prime), so f ends as ±1.
     let sign = match f {
