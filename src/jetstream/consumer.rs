@@ -30,10 +30,12 @@ const MAX_CLIENT_MESSAGE: usize = 2 << 20;
 /// of waking for each one: a wake-up (futex, write, context switch) per event per consumer was
 /// most of what Jetstream cost the relay. It bounds the latency it adds. At 10 ms instead of 2,
 /// a write carries five times the events, and the relay bench's Jetstream threads used about a
-/// quarter less CPU per event (the reader's wake-up and the socket's per-write cost). At 20
-/// instead of 10, their share of the relay's CPU fell from 12.0% to 10.5% (three alternated runs
-/// each): each round's sleep alone was 7% of their time, two context switches on this VM.
-/// Jetstream's clients see a stream in which 20 ms is noise; the firehose does not linger.
+/// quarter less CPU per event (the reader's wake-up and the socket's per-write cost). 20 ms
+/// halves those rounds again: each round's sleep alone was 7% of their time (two context
+/// switches on this VM). Three alternated runs read their share of the relay's CPU at 12.0%
+/// with 10 ms and 10.5% with 20, but the full bench's share (11.1 to 11.4%) did not move from
+/// the stop before, so the gain is within this machine's noise. Jetstream's clients see a stream
+/// in which 20 ms is noise; the firehose does not linger.
 const LINGER: Duration = Duration::from_millis(20);
 
 /// Encoded frames kept for consumers to share: the newest 8,192 (half a second at the relay's
