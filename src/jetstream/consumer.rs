@@ -34,8 +34,8 @@ const MAX_CLIENT_MESSAGE: usize = 2 << 20;
 /// halves those rounds again: each round's sleep alone was 7% of their time (two context
 /// switches on this VM). Three alternated runs read their share of the relay's CPU at 12.0%
 /// with 10 ms and 10.5% with 20, but the full bench's share (11.1 to 11.4%) did not move from
-/// the stop before, so the gain is within this machine's noise. Jetstream's clients see a stream
-/// in which 20 ms is noise; the firehose does not linger.
+/// the stop before, so the gain is within this machine's noise. A Jetstream client does not
+/// notice 20 ms; the firehose, whose latency matters more, does not linger.
 const LINGER: Duration = Duration::from_millis(20);
 
 /// Encoded frames kept for consumers to share: the newest 8,192 (half a second at the relay's
