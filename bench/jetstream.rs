@@ -358,7 +358,7 @@ fn deliveries_part(events: &[Event], frames: &[LogFrame]) {
                 .map(|e| {
                     e.items
                         .iter()
-                        .filter(|i| f.wants(&e.did, i.collection.as_deref()))
+                        .filter(|i| f.wants(&e.did, i.collection_name()))
                         .count() as u64
                 })
                 .collect();

@@ -13,7 +13,6 @@ use crate::stream::firehose::{Client, Hub};
 use crate::stream::outbox::Outbox;
 use crate::stream::registry::ConsumerInfo;
 use crate::stream::ring::Lookup;
-use bytes::Bytes;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -242,20 +241,24 @@ impl Session<'_> {
 
 impl Feed for Session<'_> {
     fn queue(&mut self, f: Arc<LogFrame>, out: &mut Outbox) -> u64 {
-        let e = self.jetstream.cache.get(&f);
+        let ring = &self.jetstream.hub.ring;
+        let e = self.jetstream.cache.get(&f, |seq| match ring.get(seq) {
+            Lookup::Ready(later) => Some(later),
+            _ => None,
+        });
         let mut n = 0;
-        for item in &e.items {
+        for (i, item) in e.items.iter().enumerate() {
             if !self.wants(&e, item) {
                 continue;
             }
-            let (payload, kind) = if self.compress {
-                let z = item.zstd(&self.jetstream.compressor).clone();
-                (z, Kind::Binary)
+            let (piece, len, kind) = if self.compress {
+                let z = item.zstd(&self.jetstream.compressor);
+                (2 * i + 1, z.len(), Kind::Binary)
             } else {
-                (Bytes::from(item.json.clone()), Kind::Text)
+                (2 * i, item.json.len(), Kind::Text)
             };
-            self.bytes += payload.len() as u64;
-            out.push(Payload::Bytes(payload), kind);
+            self.bytes += len as u64;
+            out.push(Payload::Piece(e.pieces(), piece), kind);
             n += 1;
         }
         n

@@ -111,20 +111,36 @@ impl Filter {
     /// Whether an event of `did` (and, for a commit op, `collection`) passes. Identity and
     /// account events (`collection` None) are not filtered by collection.
     pub fn wants(&self, did: &str, collection: Option<&str>) -> bool {
-        self.wants_hashed(did_hash(did), did, collection.map(|c| (did_hash(c), c)))
+        self.wants_hashed(
+            did_hash(did),
+            did,
+            collection.map(|c| (did_hash(c), move || c)),
+        )
     }
 
-    /// `wants`, given each value's `did_hash` as computed once when the event was encoded.
-    pub fn wants_hashed(&self, did_h: u64, did: &str, collection: Option<(u64, &str)>) -> bool {
+    /// `wants`, given each value's `did_hash` as computed once when the event was encoded. The
+    /// collection's name is asked for only when a collection filter needs it: it is read from
+    /// the event's JSON, memory a compressed or DID-filtered consumer need not touch.
+    pub fn wants_hashed<'a>(
+        &self,
+        did_h: u64,
+        did: &str,
+        collection: Option<(u64, impl FnOnce() -> &'a str)>,
+    ) -> bool {
         if !self.dids.is_empty() && !self.dids.contains(did_h, did) {
             return false;
         }
-        let Some((ch, c)) = collection else {
+        let Some((ch, name)) = collection else {
             return true;
         };
         if self.collections.is_empty() && self.prefixes.is_empty() {
             return true;
         }
+        // Most events miss an exact filter on the hash alone.
+        if self.prefixes.is_empty() && !self.collections.0.contains_key(&ch) {
+            return false;
+        }
+        let c = name();
         self.collections.contains(ch, c) || self.prefixes.iter().any(|p| c.starts_with(p.as_str()))
     }
 

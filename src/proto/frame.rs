@@ -261,6 +261,25 @@ pub fn decode_sequenced(frame: &Bytes) -> Result<Event, FrameError> {
     decode_body(frame, op, t, body_start)
 }
 
+/// A sequenced frame read for Jetstream: a `#commit` in place, anything else decoded.
+#[derive(Debug)]
+pub enum Sequenced<'a> {
+    Commit(CommitRef<'a>),
+    Other(Event),
+}
+
+/// [`decode_sequenced`], with a `#commit` left borrowed from the frame.
+pub fn read_sequenced(frame: &Bytes) -> Result<Sequenced<'_>, FrameError> {
+    let (op, t, body_start) = typed_header(frame)?;
+    match (op, t, frame.get(body_start..)) {
+        (_, _, None | Some([])) => Err(FrameError::Header("frame has no body")),
+        (1, Some("#commit"), Some(body)) => read_commit(body)
+            .map(Sequenced::Commit)
+            .map_err(|why| FrameError::Schema { t: "#commit", why }),
+        _ => decode_body(frame, op, t, body_start).map(Sequenced::Other),
+    }
+}
+
 fn decode_body(
     frame: &Bytes,
     op: i64,
@@ -273,7 +292,8 @@ fn decode_body(
             let t = t.unwrap_or_default();
             let schema = |t: &'static str| move |why: String| FrameError::Schema { t, why };
             match t {
-                "#commit" => read_commit(frame, body)
+                "#commit" => read_commit(body)
+                    .and_then(|c| c.to_event(frame))
                     .map(Event::Commit)
                     .map_err(schema("#commit")),
                 "#sync" => read_sync(frame, body)
@@ -349,7 +369,11 @@ impl<'a> Body<'a> {
     }
 
     fn string(&mut self, name: &str) -> SResult<String> {
-        field(name, self.r.str()).map(str::to_owned)
+        self.str(name).map(str::to_owned)
+    }
+
+    fn str(&mut self, name: &str) -> SResult<&'a str> {
+        field(name, self.r.str())
     }
 
     /// Optional string that tolerates an explicit null as "absent".
@@ -358,7 +382,106 @@ impl<'a> Body<'a> {
     }
 }
 
-fn read_commit(frame: &Bytes, body: &[u8]) -> SResult<CommitEvent> {
+/// A `#commit` body read in place: its strings and blocks borrowed from the frame, its ops and
+/// blobs left as (well-formed) CBOR until asked for, when their schema is checked. `decode`
+/// makes the owned [`CommitEvent`] from it; Jetstream renders straight from it, without an
+/// allocation per field (allocating and freeing those was a tenth of its encoding).
+#[derive(Debug)]
+pub struct CommitRef<'a> {
+    pub seq: i64,
+    pub rebase: bool,
+    pub too_big: bool,
+    pub repo: &'a str,
+    pub commit: Cid,
+    pub rev: &'a str,
+    pub since: Option<&'a str>,
+    pub blocks: &'a [u8],
+    ops: Items<'a>,
+    blobs: Items<'a>,
+    pub prev_data: Option<Cid>,
+    pub time: &'a str,
+}
+
+/// An array's items, validated, as the bytes after its head.
+#[derive(Debug, Clone, Copy)]
+struct Items<'a> {
+    bytes: &'a [u8],
+    n: usize,
+}
+
+impl<'a> Items<'a> {
+    /// Reads an array's head and skips (validates) its items.
+    fn read(r: &mut Reader<'a>, name: &str) -> SResult<Items<'a>> {
+        let n = field(name, r.array())?;
+        let from = r.position();
+        for _ in 0..n {
+            field(name, r.skip(MAX_DEPTH))?;
+        }
+        let bytes = r.input().get(from..r.position()).unwrap_or_default();
+        Ok(Items { bytes, n })
+    }
+
+    fn each<T>(
+        self,
+        read: impl Fn(&mut Reader<'a>) -> SResult<T>,
+    ) -> impl Iterator<Item = SResult<T>> {
+        let mut r = Reader::new(self.bytes);
+        (0..self.n).map(move |_| read(&mut r))
+    }
+}
+
+/// One op of a [`CommitRef`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpRef<'a> {
+    pub action: &'a str,
+    pub path: &'a str,
+    pub cid: Option<Cid>,
+    pub prev: Option<Cid>,
+}
+
+impl<'a> CommitRef<'a> {
+    pub fn ops(&self) -> impl Iterator<Item = SResult<OpRef<'a>>> + use<'a> {
+        self.ops.each(read_op)
+    }
+
+    /// How many ops there are (bounded by the frame's length, as every CBOR count is).
+    pub fn op_count(&self) -> usize {
+        self.ops.n
+    }
+
+    /// The owned event; `frame` is the buffer the borrowed fields point into.
+    pub fn to_event(&self, frame: &Bytes) -> SResult<CommitEvent> {
+        Ok(CommitEvent {
+            seq: self.seq,
+            rebase: self.rebase,
+            too_big: self.too_big,
+            repo: self.repo.to_owned(),
+            commit: self.commit,
+            rev: self.rev.to_owned(),
+            since: self.since.map(str::to_owned),
+            blocks: frame.slice_ref(self.blocks),
+            ops: self
+                .ops()
+                .map(|o| {
+                    o.map(|o| RepoOp {
+                        action: o.action.to_owned(),
+                        path: o.path.to_owned(),
+                        cid: o.cid,
+                        prev: o.prev,
+                    })
+                })
+                .collect::<SResult<_>>()?,
+            blobs: self
+                .blobs
+                .each(|r| field("blobs", r.cid()))
+                .collect::<SResult<_>>()?,
+            prev_data: self.prev_data,
+            time: self.time.to_owned(),
+        })
+    }
+}
+
+fn read_commit(body: &[u8]) -> SResult<CommitRef<'_>> {
     let mut b = Body::new(body)?;
     let (mut seq, mut rebase, mut too_big, mut repo, mut commit, mut rev) =
         (None, None, None, None, None, None);
@@ -366,31 +489,17 @@ fn read_commit(frame: &Bytes, body: &[u8]) -> SResult<CommitEvent> {
         (None, false, None, None, None, None, None);
     while let Some(k) = b.next()? {
         match k {
-            "ops" => {
-                let n = field(k, b.r.array())?;
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    v.push(read_op(&mut b.r)?);
-                }
-                ops = Some(v);
-            }
-            "rev" => rev = Some(b.string(k)?),
+            "ops" => ops = Some(Items::read(&mut b.r, k)?),
+            "rev" => rev = Some(b.str(k)?),
             "seq" => seq = Some(field(k, b.r.i64())?),
-            "repo" => repo = Some(b.string(k)?),
-            "time" => time = Some(b.string(k)?),
-            "blobs" => {
-                let n = field(k, b.r.array())?;
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    v.push(field(k, b.r.cid())?);
-                }
-                blobs = Some(v);
-            }
+            "repo" => repo = Some(b.str(k)?),
+            "time" => time = Some(b.str(k)?),
+            "blobs" => blobs = Some(Items::read(&mut b.r, k)?),
             "since" => {
-                since = b.opt_string(k)?;
+                since = field(k, b.r.nullable_str())?;
                 since_seen = true;
             }
-            "blocks" => blocks = Some(frame.slice_ref(field(k, b.r.bytes())?)),
+            "blocks" => blocks = Some(field(k, b.r.bytes())?),
             "commit" => commit = Some(field(k, b.r.cid())?),
             "rebase" => rebase = Some(field(k, b.r.bool())?),
             "tooBig" => too_big = Some(field(k, b.r.bool())?),
@@ -401,7 +510,7 @@ fn read_commit(frame: &Bytes, body: &[u8]) -> SResult<CommitEvent> {
     if !since_seen {
         return Err("missing required field `since`".into());
     }
-    Ok(CommitEvent {
+    Ok(CommitRef {
         seq: need("seq", seq)?,
         rebase: need("rebase", rebase)?,
         too_big: need("tooBig", too_big)?,
@@ -417,7 +526,7 @@ fn read_commit(frame: &Bytes, body: &[u8]) -> SResult<CommitEvent> {
     })
 }
 
-fn read_op(r: &mut Reader<'_>) -> SResult<RepoOp> {
+fn read_op<'a>(r: &mut Reader<'a>) -> SResult<OpRef<'a>> {
     let mut keys = field("ops", r.map())?;
     let (mut action, mut path, mut cid, mut cid_seen, mut prev) = (None, None, None, false, None);
     while let Some(k) = keys.next(r).map_err(|e| e.to_string())? {
@@ -426,16 +535,16 @@ fn read_op(r: &mut Reader<'_>) -> SResult<RepoOp> {
                 cid = field("ops.cid", r.nullable_cid())?;
                 cid_seen = true;
             }
-            "path" => path = Some(field("ops.path", r.str())?.to_owned()),
+            "path" => path = Some(field("ops.path", r.str())?),
             "prev" => prev = field("ops.prev", r.nullable_cid())?,
-            "action" => action = Some(field("ops.action", r.str())?.to_owned()),
+            "action" => action = Some(field("ops.action", r.str())?),
             _ => r.skip(MAX_DEPTH).map_err(|e| e.to_string())?,
         }
     }
     if !cid_seen {
         return Err("op is missing required field `cid`".into());
     }
-    Ok(RepoOp {
+    Ok(OpRef {
         action: need("ops.action", action)?,
         path: need("ops.path", path)?,
         cid,
@@ -775,6 +884,19 @@ mod tests {
             Ok(&e),
             "the relay's own frames"
         );
+        match (read_sequenced(&bytes), &e) {
+            (Ok(Sequenced::Commit(c)), Event::Commit(want)) => {
+                assert_eq!(
+                    c.to_event(&bytes).as_ref(),
+                    Ok(want),
+                    "a commit read in place"
+                );
+            }
+            (Ok(Sequenced::Other(d)), want) if !matches!(want, Event::Commit(_)) => {
+                assert_eq!(&d, want);
+            }
+            (got, _) => panic!("read_sequenced gave {got:?} for {e:?}"),
+        }
         let want = match &e {
             Event::Info(_) | Event::Error(_) | Event::Unknown { .. } => Peek::Other,
             _ => Peek::Repo {
@@ -862,16 +984,31 @@ mod tests {
             time: "t".into(),
             handle: Some("a.test".into()),
         }));
-        for cut in 0..bytes.len() {
-            assert!(decode_sequenced(&Bytes::copy_from_slice(&bytes[..cut])).is_err());
+        let op = RepoOp {
+            action: "create".into(),
+            path: "app.bsky.feed.post/3l".into(),
+            cid: Some(Cid::dag_cbor(b"r")),
+            prev: None,
+        };
+        let commit = encode(&Event::Commit(commit_event(vec![op])));
+        for frame in [&bytes, &commit] {
+            for cut in 0..frame.len() {
+                let cut = Bytes::copy_from_slice(&frame[..cut]);
+                assert!(decode_sequenced(&cut).is_err());
+                assert!(read_sequenced(&cut).is_err(), "read in place");
+            }
         }
-        let commit = encode(&Event::Commit(commit_event(vec![])));
         for at in 0..commit.len() {
             for flip in [0x01, 0x20, 0x80, 0xff] {
                 let mut b = commit.clone();
                 b[at] ^= flip;
                 // Either refused or, where the flip lands in a value, decoded as some event.
-                let _ = decode_sequenced(&Bytes::from(b));
+                let b = Bytes::from(b);
+                let _ = decode_sequenced(&b);
+                if let Ok(Sequenced::Commit(c)) = read_sequenced(&b) {
+                    let _ = c.ops().count();
+                    let _ = c.to_event(&b);
+                }
             }
         }
     }

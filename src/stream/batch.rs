@@ -23,8 +23,17 @@ pub enum Payload {
     Shared(Arc<LogFrame>),
     /// A frame of this consumer's own (`#info`, an error).
     Owned(Vec<u8>),
-    /// A buffer shared by reference count (a Jetstream event's JSON or zstd frame).
-    Bytes(bytes::Bytes),
+    /// The `i`-th of several payloads held in one shared value (a frame's Jetstream events).
+    Piece(Arc<dyn Pieces>, usize),
+}
+
+/// Payloads kept together in one shared value, each sent as its own message: a consumer takes
+/// one reference on the value per message, and the payloads need no reference-counted buffer
+/// each (making and freeing those, on whichever thread dropped the last reference, was a tenth
+/// of a Jetstream thread's time).
+pub trait Pieces: Send + Sync {
+    /// The `i`-th payload; empty if there is none.
+    fn piece(&self, i: usize) -> &[u8];
 }
 
 /// A message's WebSocket opcode.
@@ -39,7 +48,7 @@ impl Payload {
         match self {
             Payload::Shared(f) => &f.bytes,
             Payload::Owned(b) => b,
-            Payload::Bytes(b) => b,
+            Payload::Piece(p, i) => p.piece(*i),
         }
     }
 }
@@ -176,6 +185,12 @@ mod tests {
         }
     }
 
+    impl Pieces for Vec<Vec<u8>> {
+        fn piece(&self, i: usize) -> &[u8] {
+            self.get(i).map_or(&[], Vec::as_slice)
+        }
+    }
+
     /// What a client reads from `wire`.
     fn client_reads(wire: Vec<u8>) -> Vec<Vec<u8>> {
         client_messages(wire)
@@ -228,7 +243,7 @@ mod tests {
                     })),
                     Kind::Binary,
                 ),
-                _ => b.push(Payload::Bytes(bytes::Bytes::from(p.clone())), Kind::Binary),
+                _ => b.push(Payload::Piece(Arc::new(vec![p.clone()]), 0), Kind::Binary),
             }
         }
         let mut w = Trickle::default();
@@ -246,8 +261,10 @@ mod tests {
     fn text_messages_arrive_as_text() {
         let texts = ["{\"did\":\"did:plc:a\"}", "caf\u{e9} \u{1f600}", ""];
         let mut b = Batch::default();
-        for t in texts {
-            b.push(Payload::Bytes(bytes::Bytes::from(t)), Kind::Text);
+        let shared: Arc<Vec<Vec<u8>>> =
+            Arc::new(texts.iter().map(|t| t.as_bytes().to_vec()).collect());
+        for i in 0..texts.len() {
+            b.push(Payload::Piece(shared.clone(), i), Kind::Text);
         }
         b.push(Payload::Owned(vec![0xff, 0x00]), Kind::Binary);
         let mut w = Trickle::default();
