@@ -144,15 +144,9 @@ fn encode_commit(c: &CommitRef<'_>, time: i64, e: &mut Encoded) {
         out.push_str(",\"collection\":");
         let from = out.len() + 1;
         json::string(&mut out, collection);
-        let at = (from, from + collection.len());
-        // The relay passed only NSIDs, which need no escaping, so the name sits between the
-        // quotes as it is; anything else is left out.
-        let (Ok(from), Ok(to)) = (u32::try_from(at.0), u32::try_from(at.1)) else {
+        let Some(at) = span(&out, from, collection) else {
             continue;
         };
-        if out.get(at.0..at.1) != Some(collection) {
-            continue;
-        }
         out.push_str(",\"rkey\":");
         json::string(&mut out, rkey);
         if let Some((cid, block)) = record {
@@ -166,9 +160,18 @@ fn encode_commit(c: &CommitRef<'_>, time: i64, e: &mut Encoded) {
             out.push('"');
         }
         out.push('}');
-        e.items.push(item(time_us, out, Some((from, to))));
+        e.items.push(item(time_us, out, Some(at)));
     }
     c.repo.clone_into(&mut e.did);
+}
+
+/// Where `name`, just written from `from` on, sits in `out`. The relay passed only NSIDs, which
+/// need no escaping, so the name sits between its quotes as it is; `None` for anything else,
+/// which is left out.
+fn span(out: &str, from: usize, name: &str) -> Option<(u32, u32)> {
+    let to = from + name.len();
+    (out.get(from..to) == Some(name)).then_some(())?;
+    Some((u32::try_from(from).ok()?, u32::try_from(to).ok()?))
 }
 
 /// Identity and account events (a `#commit` is rendered in place by `encode_commit`).
@@ -351,7 +354,12 @@ impl Cache {
     /// It encodes the frames after `f` that nobody has claimed yet instead, which the
     /// consumers need next anyway, and encodes `f` itself only if it is still not done then.
     pub fn get(&self, f: &LogFrame, next: impl Fn(u64) -> Option<Arc<LogFrame>>) -> Cached {
-        let slot = self.slot(f.seq);
+        // A reader so far behind that a newer seq holds its place encodes alone.
+        let Some(slot) = self.shared(f.seq) else {
+            let own = Slot::new(f.seq);
+            own.fill(f);
+            return Cached(Arc::new(own));
+        };
         if slot.encoded.get().is_none() {
             if slot.claim() {
                 slot.fill(f);
@@ -360,9 +368,10 @@ impl Cache {
                 while slot.encoded.get().is_none() && seq < f.seq + AHEAD {
                     seq += 1;
                     let Some(later) = next(seq) else { break };
-                    let s = self.slot(later.seq);
-                    if s.claim() {
-                        s.fill(&later);
+                    match self.shared(later.seq) {
+                        Some(s) if s.claim() => s.fill(&later),
+                        Some(_) => {}
+                        None => break,
                     }
                 }
                 // Whoever finishes first is kept; the other's events are dropped.
@@ -372,21 +381,21 @@ impl Cache {
         Cached(slot)
     }
 
-    /// The shared slot of `seq`, or a slot of its own for a reader so far behind that a newer
-    /// seq holds its place.
-    fn slot(&self, seq: u64) -> Arc<Slot> {
+    /// The shared slot of `seq`, made if an older seq (or nothing) holds its place; `None` if
+    /// a newer seq does.
+    fn shared(&self, seq: u64) -> Option<Arc<Slot>> {
         let at = &self.slots[(seq & self.mask) as usize];
         let mut held = at.lock().unwrap_or_else(PoisonError::into_inner);
         match held.as_ref() {
-            Some(s) if s.seq == seq => s.clone(),
-            Some(s) if s.seq > seq => Arc::new(Slot::new(seq)),
+            Some(s) if s.seq == seq => Some(s.clone()),
+            Some(s) if s.seq > seq => None,
             _ => {
                 let fresh = Arc::new(Slot::new(seq));
                 let replaced = held.replace(fresh.clone());
                 drop(held);
                 // The old events are freed outside the lock.
                 drop(replaced);
-                fresh
+                Some(fresh)
             }
         }
     }
@@ -480,17 +489,17 @@ mod tests {
         let frames: Vec<Arc<LogFrame>> = (1..=9).map(|s| Arc::new(identity_frame(s))).collect();
         let next = |seq: u64| frames.get(seq as usize - 1).cloned();
         // Another consumer claimed seq 1 and has not finished (it never will here).
-        assert!(cache.slot(1).claim());
+        assert!(cache.shared(1).expect("shared").claim());
         let own = cache.get(&frames[0], next);
         assert!(own.items[0].json.as_str().contains("did:plc:cache1"));
         for seq in 2..=8 {
-            let s = cache.slot(seq);
+            let s = cache.shared(seq).expect("shared");
             assert!(s.encoded.get().is_some(), "seq {seq} was encoded ahead");
             assert!(!s.claim(), "seq {seq} is claimed");
         }
         // Seq 9 took seq 1's slot, as a newer seq does; the look-ahead stopped where `next`
         // ends.
-        assert!(cache.slot(9).encoded.get().is_some());
+        assert!(cache.shared(9).expect("shared").encoded.get().is_some());
         let again = cache.get(&frames[3], none);
         assert!(again.items[0].json.as_str().contains("did:plc:cache4"));
     }

@@ -20,6 +20,9 @@ impl HashedSet {
             slot.push(v.to_owned());
         }
     }
+    fn has_hash(&self, hash: u64) -> bool {
+        self.0.contains_key(&hash)
+    }
     fn contains(&self, hash: u64, v: &str) -> bool {
         self.0.get(&hash).is_some_and(|s| s.iter().any(|x| x == v))
     }
@@ -137,7 +140,7 @@ impl Filter {
             return true;
         }
         // Most events miss an exact filter on the hash alone.
-        if self.prefixes.is_empty() && !self.collections.0.contains_key(&ch) {
+        if self.prefixes.is_empty() && !self.collections.has_hash(ch) {
             return false;
         }
         let c = name();
