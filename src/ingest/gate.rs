@@ -60,6 +60,11 @@ pub(crate) enum Join {
 
 /// Events one host may have held at once (its share of the gate's memory).
 pub(crate) const MAX_HELD_PER_HOST: usize = 20_000;
+/// Events one host may have in flight (queued for validation or held) while none of them waits
+/// for an identity lookup: reading further ahead of verification only costs memory (fresh
+/// pages for every frame read, cold caches when it is verified) and buys no throughput. The
+/// larger share above is for riding out lookups.
+pub(crate) const MAX_AHEAD_PER_HOST: usize = 256;
 /// Identity lookups one host's events may have under way at once, so a host flooding the
 /// relay with unknown DIDs cannot queue its lookups ahead of every other host's.
 pub(crate) const MAX_LOOKUPS_PER_HOST: usize = 16;
@@ -115,6 +120,12 @@ impl Gate {
             || lock(self.held.of(did))
                 .get(did)
                 .is_some_and(|e| e.count as usize + queued >= self.max_per_did as usize)
+    }
+
+    /// Whether the host is as far ahead of verification as it may read while none of its
+    /// events waits for a lookup (`MAX_AHEAD_PER_HOST`).
+    pub(crate) fn is_ahead(&self, host: &HostHandle) -> bool {
+        host.lookups() == 0 && host.in_flight() >= MAX_AHEAD_PER_HOST
     }
 
     /// Whether the host may have one more event held.

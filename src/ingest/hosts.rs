@@ -81,6 +81,8 @@ pub struct HostHandle {
     lookups: AtomicI64,
     /// Events of this host queued for the validation threads.
     queued: AtomicI64,
+    /// The host thread's wait for its events in flight to fall (see `room`).
+    room: super::room::Room,
     /// When the current (or last) connection was made, unix ms; 0: never.
     connected_at_ms: AtomicI64,
     /// Cut short the connection thread's wait before its next attempt (discovery saw the host
@@ -139,6 +141,7 @@ impl HostHandle {
             held: AtomicI64::new(0),
             lookups: AtomicI64::new(0),
             queued: AtomicI64::new(0),
+            room: super::room::Room::new(),
             connected_at_ms: AtomicI64::new(0),
             wake: AtomicBool::new(false),
             rate: Default::default(),
@@ -232,6 +235,7 @@ impl HostHandle {
     /// so a read that is blocked (or fed one byte at a time) ends now.
     pub fn kill(&self) {
         self.kill.store(true, Ordering::SeqCst);
+        self.room.wake();
         self.drop_connection();
     }
 
@@ -259,7 +263,10 @@ impl HostHandle {
     }
 
     pub(crate) fn add_held(&self, delta: i64) {
-        self.held.fetch_add(delta, Ordering::Relaxed);
+        let held = self.held.fetch_add(delta, Ordering::SeqCst) + delta;
+        if delta < 0 {
+            self.room.freed(held + self.queued.load(Ordering::SeqCst));
+        }
     }
 
     pub(crate) fn queued(&self) -> usize {
@@ -267,7 +274,21 @@ impl HostHandle {
     }
 
     pub(crate) fn add_queued(&self, delta: i64) {
-        self.queued.fetch_add(delta, Ordering::Relaxed);
+        let queued = self.queued.fetch_add(delta, Ordering::SeqCst) + delta;
+        if delta < 0 {
+            self.room.freed(queued + self.held.load(Ordering::SeqCst));
+        }
+    }
+
+    /// Events of this host queued for validation or held in the gate.
+    pub(crate) fn in_flight(&self) -> usize {
+        (self.held.load(Ordering::SeqCst) + self.queued.load(Ordering::SeqCst)).max(0) as usize
+    }
+
+    /// On the host thread: sleeps until some of its events in flight have finished (or it is
+    /// killed, or a short timeout passes).
+    pub(crate) fn wait_for_room(&self) {
+        self.room.wait(|| self.in_flight() as i64);
     }
 
     pub(crate) fn lookups(&self) -> usize {

@@ -12,6 +12,7 @@ pub mod hosts;
 pub mod pipeline;
 mod rate;
 pub mod resync;
+pub(crate) mod room;
 pub mod upstream;
 mod validators;
 mod watchdog;

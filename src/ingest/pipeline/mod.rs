@@ -306,13 +306,14 @@ impl Pipeline {
 
     /// On the host thread, before it hands an event over: waits while the host has its share
     /// queued for validation, or while the event's DID queue or the host's share of the gate
-    /// is full. The host stops reading, TCP pushes back on the PDS, and overload costs
-    /// latency, never a valid event. Returns false if the connection went away meanwhile.
+    /// is full, or while it is as far ahead of verification as it may read. The host stops
+    /// reading, TCP pushes back on the PDS, and overload costs latency, never a valid event.
+    /// Returns false if the connection went away meanwhile.
     fn wait_for_room(&self, host: &HostHandle, did: &str) -> bool {
         let mut paused = false;
         loop {
             let gate_full = self.gate.is_full(did, host);
-            if !gate_full && host.queued() < MAX_QUEUED_PER_HOST {
+            if !gate_full && host.queued() < MAX_QUEUED_PER_HOST && !self.gate.is_ahead(host) {
                 return true;
             }
             if host.killed() {
@@ -326,7 +327,7 @@ impl Pipeline {
                     host.hostname()
                 );
             }
-            std::thread::sleep(std::time::Duration::from_micros(500));
+            host.wait_for_room();
         }
     }
 
