@@ -248,11 +248,19 @@ impl Resolver {
     pub fn cached(&self, did: &str) -> Option<Resolution> {
         match read(self.cache.of(did)).get(did) {
             Some(e) if e.expires > Instant::now() => {
-                metrics::counter!("atproto_directory_identity_cache_hits").increment(1);
+                crate::telemetry::once!(
+                    metrics::counter!("atproto_directory_identity_cache_hits"),
+                    metrics::Counter
+                )
+                .increment(1);
                 Some(e.res.clone())
             }
             _ => {
-                metrics::counter!("atproto_directory_identity_cache_misses").increment(1);
+                crate::telemetry::once!(
+                    metrics::counter!("atproto_directory_identity_cache_misses"),
+                    metrics::Counter
+                )
+                .increment(1);
                 None
             }
         }

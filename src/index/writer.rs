@@ -73,7 +73,8 @@ impl IndexWriter {
     }
 
     fn send(&self, m: Msg) {
-        metrics::gauge!("rlay_index_queue_depth").set(self.tx.len() as f64);
+        crate::telemetry::once!(metrics::gauge!("rlay_index_queue_depth"), metrics::Gauge)
+            .set(self.tx.len() as f64);
         if self.tx.send(m).is_err() {
             metrics::counter!("rlay_index_errors_total", "kind" => "stopped").increment(1);
         }

@@ -104,7 +104,11 @@ impl Gate {
             Some(e) => {
                 e.count += 1;
                 host.add_held(1);
-                metrics::histogram!("rlay_did_queue_depth").record(f64::from(e.count));
+                crate::telemetry::once!(
+                    metrics::histogram!("rlay_did_queue_depth"),
+                    metrics::Histogram
+                )
+                .record(f64::from(e.count));
                 Join::Behind
             }
         }
@@ -142,7 +146,11 @@ impl Gate {
                 .count += 1;
             item.host.add_held(1);
         }
-        metrics::counter!("rlay_events_awaiting_identity_total").increment(1);
+        crate::telemetry::once!(
+            metrics::counter!("rlay_events_awaiting_identity_total"),
+            metrics::Counter
+        )
+        .increment(1);
         let w = (crate::util::did_hash(did) % self.workers.len() as u64) as usize;
         let wait = Wait {
             did: did.to_owned(),

@@ -402,15 +402,11 @@ impl Cache {
 }
 
 fn count_encode(f: &LogFrame) -> Encoded {
-    // Registered once: the macro's lookup by name allocated on every call. The recorder is
-    // installed first, or the handle would count nothing forever.
-    static ENCODED: OnceLock<metrics::Counter> = OnceLock::new();
-    ENCODED
-        .get_or_init(|| {
-            crate::telemetry::recorder();
-            metrics::counter!("rlay_jetstream_frames_encoded_total")
-        })
-        .increment(1);
+    crate::telemetry::once!(
+        metrics::counter!("rlay_jetstream_frames_encoded_total"),
+        metrics::Counter
+    )
+    .increment(1);
     encode(f)
 }
 

@@ -210,8 +210,16 @@ fn run(
             let arcs: Vec<Arc<LogFrame>> = frames.into_iter().map(Arc::new).collect();
             ring.publish(&arcs);
             wakeups.published(&ring);
-            metrics::counter!("rlay_events_sequenced_total").increment(arcs.len() as u64);
-            metrics::gauge!("disk_persister_current_seq").set((next - 1) as f64);
+            crate::telemetry::once!(
+                metrics::counter!("rlay_events_sequenced_total"),
+                metrics::Counter
+            )
+            .increment(arcs.len() as u64);
+            crate::telemetry::once!(
+                metrics::gauge!("disk_persister_current_seq"),
+                metrics::Gauge
+            )
+            .set((next - 1) as f64);
         }
         // The log-sync thread answers barriers once the disk has everything appended so far;
         // the sequencer goes on meanwhile (waiting here stalled the live stream for a whole
