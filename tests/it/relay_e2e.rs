@@ -65,6 +65,37 @@ pub(crate) fn run_traffic(sim: &Sim, actions: usize, seed: u64) {
     }
 }
 
+/// A host that sends faster than the relay verifies is read only a little ahead of
+/// verification (the rest waits in TCP, where its PDS feels it), and loses nothing for it.
+#[test]
+fn a_host_faster_than_verification_waits_and_loses_nothing() {
+    let (sim, _dir, relay) = crawled_network(1, 3, None, &[]);
+    let pds = format!("pds=\"{}\"", sim.hostnames()[0]);
+    let before = sim.world().ledger().len();
+    // Signed ahead, then sent at once: far faster than 2 cores verify them.
+    let mut rng = Rng::new(11);
+    let mut planned = Vec::new();
+    while planned.len() < 3000 {
+        planned.extend(random_action(sim.world(), &mut rng));
+    }
+    let mark = Mark::now();
+    for p in planned {
+        sim.world().emit(p);
+    }
+    let expected: Vec<LedgerEntry> = sim.world().ledger()[before..].to_vec();
+    wait_until(120, "every valid event sequenced", || {
+        relay.head_seq() as usize >= expected.len()
+    });
+    settle(&relay);
+    assert!(
+        mark.delta("rlay_host_read_ahead_waits_total", &[&pds]) >= 1.0,
+        "the host thread stopped reading, 256 events ahead of verification"
+    );
+    let out = read_until_head(&relay, 0);
+    assert_delivered_exactly(&out, &expected);
+    relay.shutdown();
+}
+
 fn exactly_once(db: Option<String>) {
     exactly_once_with(db, 3, &[], |_| {});
 }

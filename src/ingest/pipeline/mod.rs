@@ -313,11 +313,18 @@ impl Pipeline {
         let mut paused = false;
         loop {
             let gate_full = self.gate.is_full(did, host);
-            if !gate_full && host.queued() < MAX_QUEUED_PER_HOST && !self.gate.is_ahead(host) {
+            let ahead = self.gate.is_ahead(host);
+            if !gate_full && host.queued() < MAX_QUEUED_PER_HOST && !ahead {
                 return true;
             }
             if host.killed() {
                 return false;
+            }
+            if ahead {
+                // Verification is behind this host: normal at full load; a steady rate says
+                // the relay needs more CPU.
+                metrics::counter!("rlay_host_read_ahead_waits_total", "pds" => host.hostname().to_owned())
+                    .increment(1);
             }
             if gate_full && !std::mem::replace(&mut paused, true) {
                 metrics::counter!("rlay_host_backpressure_total", "pds" => host.hostname().to_owned())
