@@ -1,9 +1,11 @@
 //! Outbound network safety: dial only public addresses (checked on the resolved IP at dial time,
 //! so DNS cannot smuggle in a private address), unless dev mode allows insecure hosts.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 
 fn v4_public(ip: Ipv4Addr) -> bool {
@@ -125,8 +127,67 @@ impl Resolver for PublicOnly {
     }
 }
 
+/// How long a resolved name is reused, and how many names are kept (a flood of did:web hosts
+/// clears the cache rather than growing it).
+const RESOLVED_TTL: Duration = Duration::from_secs(60);
+const RESOLVED_MAX: usize = 4096;
+
+/// A ureq resolver that reuses what `inner` answered for a name within the last minute.
+///
+/// Why: ureq resolves the name before every request, even one that goes out on a pooled
+/// connection, and with a timeout set it does so on a thread it spawns for the purpose. Every
+/// DID lookup paid a thread's creation and a DNS query: creating threads was 14% of the
+/// resolver threads' time in the relay bench. Failures are not kept.
+pub struct Cached<R> {
+    inner: R,
+    seen: Mutex<HashMap<String, (Instant, ResolvedSocketAddrs)>>,
+}
+
+impl<R> Cached<R> {
+    pub fn new(inner: R) -> Cached<R> {
+        Cached {
+            inner,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for Cached<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cached")
+    }
+}
+
+impl<R: Resolver> Resolver for Cached<R> {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return self.inner.resolve(uri, config, timeout);
+        };
+        let key = format!("{scheme}://{authority}");
+        let lock = || self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, addrs)) = lock().get(&key)
+            && at.elapsed() < RESOLVED_TTL
+        {
+            return Ok(addrs.clone());
+        }
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        let mut cache = lock();
+        if cache.len() >= RESOLVED_MAX {
+            cache.clear();
+        }
+        cache.insert(key, (Instant::now(), addrs.clone()));
+        Ok(addrs)
+    }
+}
+
 /// An HTTP client for talking to arbitrary hosts: public addresses only (unless
-/// `allow_private`), a global timeout, no redirects, status codes as values.
+/// `allow_private`), a global timeout, no redirects, status codes as values, names resolved
+/// at most once a minute ([`Cached`]).
 pub fn http_agent(allow_private: bool, timeout: Duration) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -137,20 +198,65 @@ pub fn http_agent(allow_private: bool, timeout: Duration) -> ureq::Agent {
             env!("CARGO_PKG_VERSION")
         ))
         .build();
+    let connector = ureq::unversioned::transport::DefaultConnector::default();
     if allow_private {
-        ureq::Agent::new_with_config(config)
+        ureq::Agent::with_parts(config, connector, Cached::new(DefaultResolver::default()))
     } else {
-        ureq::Agent::with_parts(
-            config,
-            ureq::unversioned::transport::DefaultConnector::default(),
-            PublicOnly,
-        )
+        ureq::Agent::with_parts(config, connector, Cached::new(PublicOnly))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real resolver, counting how often it is asked.
+    #[derive(Debug, Default)]
+    struct Counting<R>(R, std::sync::atomic::AtomicUsize);
+
+    impl<R: Resolver> Resolver for Counting<R> {
+        fn resolve(
+            &self,
+            uri: &ureq::http::Uri,
+            config: &ureq::config::Config,
+            timeout: ureq::unversioned::transport::NextTimeout,
+        ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.resolve(uri, config, timeout)
+        }
+    }
+
+    fn ask<R: Resolver>(r: &Cached<Counting<R>>, u: &str) -> Result<Vec<SocketAddr>, ureq::Error> {
+        let uri: ureq::http::Uri = u.parse().expect("uri");
+        let config = ureq::config::Config::default();
+        r.resolve(
+            &uri,
+            &config,
+            ureq::unversioned::transport::NextTimeout::default(),
+        )
+        .map(|a| a.iter().copied().collect())
+    }
+
+    fn asked<R>(r: &Cached<Counting<R>>) -> usize {
+        r.inner.1.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_name_is_resolved_once_then_reused_and_failures_are_not_kept() {
+        let cached = Cached::new(Counting::<DefaultResolver>::default());
+        let first = ask(&cached, "http://127.0.0.1:8080/a").expect("resolves");
+        let again = ask(&cached, "http://127.0.0.1:8080/b").expect("resolves");
+        assert_eq!(asked(&cached), 1);
+        assert_eq!(first, again);
+        assert_eq!(first.first().map(SocketAddr::port), Some(8080));
+        ask(&cached, "http://127.0.0.1:9090/").expect("resolves");
+        assert_eq!(asked(&cached), 2, "another port is another name");
+        // Loopback is refused by the public-only resolver: a failure, asked again each time.
+        let public = Cached::new(Counting::<PublicOnly>::default());
+        assert!(ask(&public, "http://127.0.0.1:8080/").is_err());
+        assert!(ask(&public, "http://127.0.0.1:8080/").is_err());
+        assert_eq!(asked(&public), 2);
+    }
 
     #[test]
     fn public_addresses() {
