@@ -22,7 +22,6 @@ const STEP: i64 = 32;
 /// The longest a waiting host thread sleeps without being woken.
 const TIMEOUT: Duration = Duration::from_millis(50);
 
-#[derive(Default)]
 pub(crate) struct Room {
     /// Wake the waiter when events in flight fall to this; -1: no one is waiting.
     wake_at: AtomicI64,
@@ -37,8 +36,8 @@ impl Room {
         }
     }
 
-    /// On the host thread: sleeps until `in_flight()` has fallen by a step (or to zero), or
-    /// the timeout passes.
+    /// On the host thread: sleeps until `in_flight()` has fallen by a step (by half, when it
+    /// is under two steps), or the timeout passes.
     pub(crate) fn wait(&self, in_flight: impl Fn() -> i64) {
         let now = in_flight();
         let target = (now - STEP).max(now / 2).max(0);
