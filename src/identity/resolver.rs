@@ -244,29 +244,33 @@ impl Resolver {
         }
     }
 
-    /// A fresh cached result, if any.
+    /// A fresh cached result, if any (counted as a cache hit or miss).
     pub fn cached(&self, did: &str) -> Option<Resolution> {
-        match read(self.cache.of(did)).get(did) {
-            Some(e) if e.expires > Instant::now() => {
-                crate::telemetry::once!(
-                    metrics::counter!("atproto_directory_identity_cache_hits"),
-                    metrics::Counter
-                )
-                .increment(1);
-                Some(e.res.clone())
-            }
-            _ => {
-                crate::telemetry::once!(
-                    metrics::counter!("atproto_directory_identity_cache_misses"),
-                    metrics::Counter
-                )
-                .increment(1);
-                None
-            }
+        let res = self.cached_hit(did);
+        if res.is_none() {
+            crate::telemetry::once!(
+                metrics::counter!("atproto_directory_identity_cache_misses"),
+                metrics::Counter
+            )
+            .increment(1);
         }
+        res
     }
 
-    /// Caches a result (also how tests and the scenario runner seed identities).
+    /// A fresh cached result, counted as a hit if there is one; a miss is left to the lookup
+    /// that follows (`request`), so it is counted once.
+    pub fn cached_hit(&self, did: &str) -> Option<Resolution> {
+        let res = self.peek(did);
+        if res.is_some() {
+            crate::telemetry::once!(
+                metrics::counter!("atproto_directory_identity_cache_hits"),
+                metrics::Counter
+            )
+            .increment(1);
+        }
+        res
+    }
+
     pub fn insert(&self, did: &str, res: Resolution) {
         let ttl = match res {
             Resolution::Found(_) => self.cfg.ttl,

@@ -336,7 +336,14 @@ impl Worker {
         // A DID with a queue already has its lookup under way (or deferred); so may one whose
         // queue was discarded, and its answer will serve this queue.
         if first && !self.asked.contains_key(&w.did) {
-            self.ask(p, w.did, host);
+            match p.resolver().cached_hit(&w.did) {
+                // Held only behind earlier events, now done, and its identity is known: run
+                // the queue now. Asking would send a `Resolved` round this thread's own
+                // channel, and meanwhile count a lookup for the host (which lifts its
+                // read-ahead bound) or defer behind its real lookups.
+                Some(res) => self.release(p, Resolved { did: w.did, res }),
+                None => self.ask(p, w.did, host),
+            }
         }
     }
 
