@@ -248,11 +248,7 @@ impl Resolver {
     pub fn cached(&self, did: &str) -> Option<Resolution> {
         let res = self.cached_hit(did);
         if res.is_none() {
-            crate::telemetry::once!(
-                metrics::counter!("atproto_directory_identity_cache_misses"),
-                metrics::Counter
-            )
-            .increment(1);
+            count_cache(false);
         }
         res
     }
@@ -262,11 +258,7 @@ impl Resolver {
     pub fn cached_hit(&self, did: &str) -> Option<Resolution> {
         let res = self.peek(did);
         if res.is_some() {
-            crate::telemetry::once!(
-                metrics::counter!("atproto_directory_identity_cache_hits"),
-                metrics::Counter
-            )
-            .increment(1);
+            count_cache(true);
         }
         res
     }
@@ -349,4 +341,17 @@ impl Resolver {
     pub fn pending(&self) -> usize {
         lock(&self.inflight).len()
     }
+}
+
+/// Counts an identity cache hit or miss (indigo's metric names).
+fn count_cache(hit: bool) {
+    let hits = crate::telemetry::once!(
+        metrics::counter!("atproto_directory_identity_cache_hits"),
+        metrics::Counter
+    );
+    let misses = crate::telemetry::once!(
+        metrics::counter!("atproto_directory_identity_cache_misses"),
+        metrics::Counter
+    );
+    if hit { hits } else { misses }.increment(1);
 }

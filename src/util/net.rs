@@ -104,90 +104,80 @@ pub fn connect(
     Err(last)
 }
 
-/// A ureq resolver that drops non-public addresses.
-#[derive(Debug, Default)]
-pub struct PublicOnly;
-
-impl Resolver for PublicOnly {
-    fn resolve(
-        &self,
-        uri: &ureq::http::Uri,
-        config: &ureq::config::Config,
-        timeout: ureq::unversioned::transport::NextTimeout,
-    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let all = DefaultResolver::default().resolve(uri, config, timeout)?;
-        let mut out = self.empty();
-        for a in all.iter().filter(|a| is_public(a.ip())) {
-            out.push(*a);
-        }
-        if out.is_empty() {
-            return Err(ureq::Error::HostNotFound);
-        }
-        Ok(out)
-    }
-}
-
 /// How long a resolved name is reused, and how many names are kept (a flood of did:web hosts
 /// clears the cache rather than growing it).
 const RESOLVED_TTL: Duration = Duration::from_secs(60);
 const RESOLVED_MAX: usize = 4096;
 
-/// A ureq resolver that reuses what `inner` answered for a name within the last minute.
+/// The agents' ureq resolver: the system's answer, public addresses only unless private ones
+/// are allowed, reused for a minute.
 ///
-/// Why: ureq resolves the name before every request, even one that goes out on a pooled
+/// Why reuse: ureq resolves the name before every request, even one that goes out on a pooled
 /// connection, and with a timeout set it does so on a thread it spawns for the purpose. Every
 /// DID lookup paid a thread's creation and a DNS query: creating threads was 14% of the
-/// resolver threads' time in the relay bench. Failures are not kept.
-pub struct Cached<R> {
-    inner: R,
+/// resolver threads' time in the relay bench. Only what passed the public-address check is
+/// kept; failures are not.
+pub struct Names {
+    public_only: bool,
     seen: Mutex<HashMap<String, (Instant, ResolvedSocketAddrs)>>,
 }
 
-impl<R> Cached<R> {
-    pub fn new(inner: R) -> Cached<R> {
-        Cached {
-            inner,
+impl Names {
+    pub fn new(public_only: bool) -> Names {
+        Names {
+            public_only,
             seen: Mutex::new(HashMap::new()),
         }
     }
 }
 
-impl<R> std::fmt::Debug for Cached<R> {
+impl std::fmt::Debug for Names {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Cached")
+        write!(f, "Names {{ public_only: {} }}", self.public_only)
     }
 }
 
-impl<R: Resolver> Resolver for Cached<R> {
+impl Resolver for Names {
     fn resolve(
         &self,
         uri: &ureq::http::Uri,
         config: &ureq::config::Config,
         timeout: ureq::unversioned::transport::NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-            return self.inner.resolve(uri, config, timeout);
-        };
-        let key = format!("{scheme}://{authority}");
+        let key = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or_default(),
+            uri.authority().map_or("", |a| a.as_str())
+        );
         let lock = || self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((at, addrs)) = lock().get(&key)
             && at.elapsed() < RESOLVED_TTL
         {
             return Ok(addrs.clone());
         }
-        let addrs = self.inner.resolve(uri, config, timeout)?;
+        let all = DefaultResolver::default().resolve(uri, config, timeout)?;
+        let mut out = self.empty();
+        for a in all
+            .iter()
+            .filter(|a| !self.public_only || is_public(a.ip()))
+        {
+            out.push(*a);
+        }
+        if out.is_empty() {
+            return Err(ureq::Error::HostNotFound);
+        }
         let mut cache = lock();
         if cache.len() >= RESOLVED_MAX {
             cache.clear();
         }
-        cache.insert(key, (Instant::now(), addrs.clone()));
-        Ok(addrs)
+        cache.insert(key, (Instant::now(), out.clone()));
+        Ok(out)
     }
 }
 
 /// An HTTP client for talking to arbitrary hosts: public addresses only (unless
 /// `allow_private`), a global timeout, no redirects, status codes as values, names resolved
-/// at most once a minute ([`Cached`]).
+/// at most once a minute ([`Names`]).
 pub fn http_agent(allow_private: bool, timeout: Duration) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -198,35 +188,18 @@ pub fn http_agent(allow_private: bool, timeout: Duration) -> ureq::Agent {
             env!("CARGO_PKG_VERSION")
         ))
         .build();
-    let connector = ureq::unversioned::transport::DefaultConnector::default();
-    if allow_private {
-        ureq::Agent::with_parts(config, connector, Cached::new(DefaultResolver::default()))
-    } else {
-        ureq::Agent::with_parts(config, connector, Cached::new(PublicOnly))
-    }
+    ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::default(),
+        Names::new(!allow_private),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A real resolver, counting how often it is asked.
-    #[derive(Debug, Default)]
-    struct Counting<R>(R, std::sync::atomic::AtomicUsize);
-
-    impl<R: Resolver> Resolver for Counting<R> {
-        fn resolve(
-            &self,
-            uri: &ureq::http::Uri,
-            config: &ureq::config::Config,
-            timeout: ureq::unversioned::transport::NextTimeout,
-        ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.0.resolve(uri, config, timeout)
-        }
-    }
-
-    fn ask<R: Resolver>(r: &Cached<Counting<R>>, u: &str) -> Result<Vec<SocketAddr>, ureq::Error> {
+    fn ask(r: &Names, u: &str) -> Result<Vec<SocketAddr>, ureq::Error> {
         let uri: ureq::http::Uri = u.parse().expect("uri");
         let config = ureq::config::Config::default();
         r.resolve(
@@ -237,25 +210,51 @@ mod tests {
         .map(|a| a.iter().copied().collect())
     }
 
-    fn asked<R>(r: &Cached<Counting<R>>) -> usize {
-        r.inner.1.load(std::sync::atomic::Ordering::SeqCst)
+    /// An answer for `name` kept `age` ago.
+    fn plant(r: &Names, name: &str, addr: &str, age: Duration) {
+        let mut addrs = r.empty();
+        addrs.push(addr.parse().expect("addr"));
+        let at = Instant::now().checked_sub(age).expect("age");
+        r.seen
+            .lock()
+            .expect("lock")
+            .insert(name.into(), (at, addrs));
     }
 
     #[test]
-    fn a_name_is_resolved_once_then_reused_and_failures_are_not_kept() {
-        let cached = Cached::new(Counting::<DefaultResolver>::default());
-        let first = ask(&cached, "http://127.0.0.1:8080/a").expect("resolves");
-        let again = ask(&cached, "http://127.0.0.1:8080/b").expect("resolves");
-        assert_eq!(asked(&cached), 1);
-        assert_eq!(first, again);
-        assert_eq!(first.first().map(SocketAddr::port), Some(8080));
-        ask(&cached, "http://127.0.0.1:9090/").expect("resolves");
-        assert_eq!(asked(&cached), 2, "another port is another name");
-        // Loopback is refused by the public-only resolver: a failure, asked again each time.
-        let public = Cached::new(Counting::<PublicOnly>::default());
+    fn a_name_is_answered_from_the_cache_for_a_minute_and_failures_are_not_kept() {
+        let cached = Names::new(false);
+        let real = ask(&cached, "http://127.0.0.1:8080/a").expect("resolves");
+        assert_eq!(real, vec!["127.0.0.1:8080".parse().expect("addr")]);
+        // A planted answer shows whether the resolver is asked again.
+        plant(
+            &cached,
+            "http://127.0.0.1:8080",
+            "10.9.8.7:8080",
+            Duration::ZERO,
+        );
+        let kept = ask(&cached, "http://127.0.0.1:8080/b").expect("resolves");
+        assert_eq!(kept, vec!["10.9.8.7:8080".parse().expect("addr")]);
+        assert_eq!(
+            ask(&cached, "http://127.0.0.1:9090/")
+                .expect("resolves")
+                .len(),
+            1
+        );
+        plant(
+            &cached,
+            "http://127.0.0.1:8080",
+            "10.9.8.7:8080",
+            RESOLVED_TTL,
+        );
+        assert_eq!(
+            ask(&cached, "http://127.0.0.1:8080/c").expect("resolves"),
+            real
+        );
+        // Loopback is refused by the public-only resolver: an error, and nothing kept.
+        let public = Names::new(true);
         assert!(ask(&public, "http://127.0.0.1:8080/").is_err());
-        assert!(ask(&public, "http://127.0.0.1:8080/").is_err());
-        assert_eq!(asked(&public), 2);
+        assert!(public.seen.lock().expect("lock").is_empty());
     }
 
     #[test]
