@@ -263,6 +263,7 @@ impl Resolver {
         res
     }
 
+    /// Caches a result (also how tests and the scenario runner seed identities).
     pub fn insert(&self, did: &str, res: Resolution) {
         let ttl = match res {
             Resolution::Found(_) => self.cfg.ttl,

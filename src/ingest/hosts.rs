@@ -263,9 +263,9 @@ impl HostHandle {
     }
 
     pub(crate) fn add_held(&self, delta: i64) {
-        let held = self.held.fetch_add(delta, Ordering::SeqCst) + delta;
+        self.held.fetch_add(delta, Ordering::SeqCst);
         if delta < 0 {
-            self.room.freed(held + self.queued.load(Ordering::SeqCst));
+            self.room.freed(self.in_flight() as i64);
         }
     }
 
@@ -274,9 +274,9 @@ impl HostHandle {
     }
 
     pub(crate) fn add_queued(&self, delta: i64) {
-        let queued = self.queued.fetch_add(delta, Ordering::SeqCst) + delta;
+        self.queued.fetch_add(delta, Ordering::SeqCst);
         if delta < 0 {
-            self.room.freed(queued + self.held.load(Ordering::SeqCst));
+            self.room.freed(self.in_flight() as i64);
         }
     }
 

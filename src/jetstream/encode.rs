@@ -170,7 +170,9 @@ fn encode_commit(c: &CommitRef<'_>, time: i64, e: &mut Encoded) {
 /// which is left out.
 fn span(out: &str, from: usize, name: &str) -> Option<(u32, u32)> {
     let to = from + name.len();
-    (out.get(from..to) == Some(name)).then_some(())?;
+    if out.get(from..to) != Some(name) {
+        return None;
+    }
     Some((u32::try_from(from).ok()?, u32::try_from(to).ok()?))
 }
 
