@@ -40,6 +40,18 @@ fn threads(pid: Option<u32>, prefix: &str) -> Vec<std::path::PathBuf> {
 }
 
 fn stat_cpu_seconds(path: &str) -> f64 {
+    let (user, system) = stat_user_system(path);
+    user + system
+}
+
+/// User and system CPU seconds of `pid` (`None`: this process): how much of its time the
+/// kernel spent on its behalf (system calls, and the network stack work they do).
+pub fn user_system_seconds(pid: Option<u32>) -> (f64, f64) {
+    let path = pid.map_or("/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
+    stat_user_system(&path)
+}
+
+fn stat_user_system(path: &str) -> (f64, f64) {
     let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may contain spaces.
     let f: Vec<&str> = stat
@@ -49,7 +61,7 @@ fn stat_cpu_seconds(path: &str) -> f64 {
         .split_whitespace()
         .collect();
     let field = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-    (field(11) + field(12)) / 100.0
+    (field(11) / 100.0, field(12) / 100.0)
 }
 
 /// Resident memory of `pid` in MiB.
