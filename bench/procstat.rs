@@ -4,8 +4,8 @@
 
 /// User + system CPU seconds of `pid` (`None`: this process), at 100 ticks per second.
 pub fn cpu_seconds(pid: Option<u32>) -> f64 {
-    let path = pid.map_or("/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
-    stat_cpu_seconds(&path)
+    let (user, system) = user_system_seconds(pid);
+    user + system
 }
 
 /// CPU seconds of the threads of `pid` (`None`: this process) whose name starts with `prefix`,

@@ -265,7 +265,7 @@ impl HostHandle {
     pub(crate) fn add_held(&self, delta: i64) {
         self.held.fetch_add(delta, Ordering::SeqCst);
         if delta < 0 {
-            self.room.freed(self.in_flight() as i64);
+            self.room.freed(|| self.in_flight() as i64);
         }
     }
 
@@ -276,7 +276,7 @@ impl HostHandle {
     pub(crate) fn add_queued(&self, delta: i64) {
         self.queued.fetch_add(delta, Ordering::SeqCst);
         if delta < 0 {
-            self.room.freed(self.in_flight() as i64);
+            self.room.freed(|| self.in_flight() as i64);
         }
     }
 

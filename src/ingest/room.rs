@@ -49,11 +49,12 @@ impl Room {
         self.wake_at.store(-1, Ordering::SeqCst);
     }
 
-    /// After an event in flight finished (the count is `in_flight` now): wakes the waiter if
-    /// this brought it to its target.
-    pub(crate) fn freed(&self, in_flight: i64) {
+    /// After an event in flight finished (its count already lowered): wakes the waiter if this
+    /// brought `in_flight()` to its target. The count is read only while someone waits, since
+    /// this runs for every event; reading it after the target keeps the no-lost-wake-up order.
+    pub(crate) fn freed(&self, in_flight: impl FnOnce() -> i64) {
         let at = self.wake_at.load(Ordering::SeqCst);
-        if at >= 0 && in_flight <= at && self.wake_at.swap(-1, Ordering::SeqCst) >= 0 {
+        if at >= 0 && in_flight() <= at && self.wake_at.swap(-1, Ordering::SeqCst) >= 0 {
             self.wake();
         }
     }
@@ -93,7 +94,7 @@ mod tests {
         }
         let finish = || {
             let n = count.fetch_sub(1, Ordering::SeqCst) - 1;
-            room.freed(n);
+            room.freed(|| n);
         };
         for _ in 1..STEP {
             finish();
